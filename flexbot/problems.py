@@ -1,0 +1,54 @@
+"""Located problems: what is wrong with an input, and where.
+
+Every boundary (wire JSON, market rules, YAML config) reports bad input the same way, as a list of
+`Problem`s whose `loc` is a path into the document. `str(problem)` is the message a user reads:
+``$.delivery_start: must be on the 15-minute grid``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import attrs
+
+Loc = tuple[str | int, ...]
+
+
+def render_loc(loc: Loc) -> str:
+    """`("a", 0, "b")` → `$.a[0].b`, the JSONPath-like form used in every message."""
+    out = ["$"]
+    for part in loc:
+        out.append(f"[{part}]" if isinstance(part, int) else f".{part}")
+    return "".join(out)
+
+
+@attrs.frozen
+class Problem:
+    loc: Loc
+    msg: str
+    # A short machine-readable kind, as in FastAPI's error bodies (`missing`, `value_error`, …).
+    type: str = "value_error"
+
+    def __str__(self) -> str:
+        return f"{render_loc(self.loc)}: {self.msg}"
+
+    def under(self, prefix: Loc) -> Problem:
+        return attrs.evolve(self, loc=prefix + self.loc)
+
+
+class Invalid(ValueError):
+    """Input that breaks a rule; carries every problem found, not only the first."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems: tuple[Problem, ...] = tuple(problems)
+        super().__init__("; ".join(str(p) for p in self.problems) or "invalid input")
+
+    @classmethod
+    def single(cls, loc: Loc, msg: str, type: str = "value_error") -> Invalid:
+        return cls([Problem(loc, msg, type)])
+
+
+def raise_if_any(problems: Iterable[Problem]) -> None:
+    found = list(problems)
+    if found:
+        raise Invalid(found)

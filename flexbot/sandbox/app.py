@@ -1,0 +1,208 @@
+"""The sandbox's HTTP face: auth, REST and introspection routes as a Starlette app.
+
+Routes are thin: they authenticate, rate-limit, hand the decoded body to `SandboxMarket` and map its
+errors to the statuses of the spec (§3): 401 without a valid token, 422 with a FastAPI-style detail
+list that locates each problem, 404 for an unknown or foreign order, 409 for a change to a final
+order, 429 with `Retry-After`. Every path answers with and without a trailing slash, no redirect.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from flexbot import logs, wire
+from flexbot.problems import Invalid
+from flexbot.sandbox.auth import NotAuthenticated, OAuthError
+from flexbot.sandbox.market import SandboxMarket
+from flexbot.sandbox.matching import BaselineLocked, NotASell, OrderFinal, OrderNotFound
+
+log = logs.get_logger("flexbot.sandbox")
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, detail: Any, headers: dict[str, str] | None = None) -> None:
+        super().__init__(status, detail)
+        self.status = status
+        self.detail = detail
+        self.headers = headers or {}
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(data), status_code=status, headers=headers, media_type="application/json"
+    )
+
+
+def _detail(exc: Invalid) -> list[dict[str, Any]]:
+    return [{"loc": ["body", *p.loc], "msg": p.msg, "type": p.type} for p in exc.problems]
+
+
+def _both(path: str, endpoint: Endpoint, methods: Sequence[str]) -> list[BaseRoute]:
+    """The spec's clients use both `/order` and `/order/`: serve each, redirect neither."""
+    return [
+        Route(path, endpoint, methods=list(methods)),
+        Route(path + "/", endpoint, methods=list(methods)),
+    ]
+
+
+def build_app(market: SandboxMarket) -> Starlette:
+    def user_of(request: Request) -> str:
+        try:
+            user = market.issuer.authenticate(request.headers.get("authorization"))
+        except NotAuthenticated as exc:
+            raise ApiError(401, str(exc), {"WWW-Authenticate": "Bearer"}) from None
+        request.scope["flexbot.user"] = user
+        if market.limiter is not None:
+            retry_after = market.limiter.acquire(user)
+            if retry_after is not None:
+                raise ApiError(429, "Too many requests", {"Retry-After": str(retry_after)})
+        return user
+
+    async def body_of(request: Request) -> Any:
+        # The docs' curl examples send JSON labelled as a form: parse JSON whatever the header says.
+        return wire.loads(await request.body())
+
+    async def token(request: Request) -> Response:
+        form = dict(parse_qsl((await request.body()).decode("utf-8", "replace")))
+        try:
+            issued = market.issuer.token(form)
+        except OAuthError as exc:
+            return json_response(
+                {"error": exc.error, "error_description": exc.description}, exc.status
+            )
+        request.scope["flexbot.user"] = form.get("username") or None
+        return json_response(
+            wire.unstructure(issued), headers={"Cache-Control": "no-store", "Pragma": "no-cache"}
+        )
+
+    async def order_collection(request: Request) -> Response:
+        user = user_of(request)
+        if request.method == "GET":
+            return json_response(wire.unstructure(market.list_orders(user)))
+        order = market.submit_order(user, await body_of(request))
+        return json_response(wire.unstructure(order))
+
+    async def order_item(request: Request) -> Response:
+        user = user_of(request)
+        order_id = request.path_params["order_id"]
+        if request.method == "DELETE":
+            return json_response(wire.unstructure(market.cancel_order(user, order_id)))
+        return json_response(wire.unstructure(market.get_order(user, order_id)))
+
+    async def verification(request: Request) -> Response:
+        user = user_of(request)
+        receipt = market.submit_verification(user, await body_of(request))
+        return json_response(wire.unstructure(receipt))
+
+    async def sandbox_clock(request: Request) -> Response:
+        return json_response(
+            {"now": wire.format_datetime(market.clock.now()), "time_scale": market.clock.scale}
+        )
+
+    async def sandbox_orders(request: Request) -> Response:
+        return json_response(market.introspect_orders())
+
+    async def sandbox_stats(request: Request) -> Response:
+        return json_response(market.stats())
+
+    routes: list[BaseRoute] = [
+        *_both("/auth/oauth/v2/token", token, ["POST"]),
+        *_both("/api/v1/order", order_collection, ["GET", "POST"]),
+        *_both("/api/v1/order/{order_id}", order_item, ["GET", "DELETE"]),
+        *_both("/api/v1/verification/metering", verification, ["POST"]),
+        *_both("/api/v1/verification/baseline", verification, ["POST"]),
+        *_both("/sandbox/clock", sandbox_clock, ["GET"]),
+        *_both("/sandbox/orders", sandbox_orders, ["GET"]),
+        *_both("/sandbox/stats", sandbox_stats, ["GET"]),
+    ]
+
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return json_response({"detail": exc.detail}, exc.status, exc.headers)
+
+    async def invalid(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, Invalid)
+        return json_response({"detail": _detail(exc)}, 422)
+
+    async def market_error(request: Request, exc: Exception) -> Response:
+        order_id = str(exc)
+        if isinstance(exc, OrderNotFound):
+            return json_response({"detail": f"Order {order_id} not found"}, 404)
+        if isinstance(exc, OrderFinal):
+            return json_response({"detail": f"Order {order_id} is final and cannot change"}, 409)
+        if isinstance(exc, BaselineLocked):
+            return json_response(
+                {"detail": f"Order {order_id} has matched or ended: its baseline is fixed"}, 409
+            )
+        if isinstance(exc, NotASell):
+            detail = [
+                {
+                    "loc": ["body", "order_id"],
+                    "msg": "verification data belongs to sell orders only",
+                    "type": "value_error",
+                }
+            ]
+            return json_response({"detail": detail}, 422)
+        raise exc
+
+    app = Starlette(
+        routes=routes,
+        exception_handlers={
+            ApiError: api_error,
+            Invalid: invalid,
+            OrderNotFound: market_error,
+            OrderFinal: market_error,
+            BaselineLocked: market_error,
+            NotASell: market_error,
+        },
+    )
+    app.router.redirect_slashes = False
+    return app
+
+
+class RequestLog:
+    """ASGI middleware: one log line and one stats count per HTTP request."""
+
+    def __init__(self, app: ASGIApp, market: SandboxMarket) -> None:
+        self.app = app
+        self.market = market
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.market.requests[(f"{scope['method']} {template.rstrip('/') or '/'}", status)] += 1
+            log.info(
+                "http.request",
+                method=scope["method"],
+                path=scope["path"],
+                status=status,
+                user=scope.get("flexbot.user"),
+                ms=round((time.perf_counter() - started) * 1000, 2),
+            )

@@ -1,0 +1,155 @@
+"""The sandbox market: the state behind the HTTP routes, free of HTTP.
+
+It owns the clock, the token issuer, the rate limiter, the matching engine and the introspection
+counters, and turns decoded request bodies into model objects or located errors. Every state change
+produces matching events, which go to the subscribers (the WebSocket fan-out) in order.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+from attrs import frozen
+
+from flexbot import model, rules, wire
+from flexbot.problems import Invalid
+from flexbot.sandbox.auth import TokenIssuer
+from flexbot.sandbox.clock import MarketClock
+from flexbot.sandbox.matching import Event, Matcher, MatchingRules, NotASell
+from flexbot.sandbox.ratelimit import RateLimit, RateLimiter
+
+Subscriber = Callable[[list[Event]], None]
+
+
+@frozen
+class MarketSettings:
+    users: Mapping[str, str] = attrs.field(factory=lambda: {"demo": "demo"})
+    token_ttl_s: int = 300
+    refresh_ttl_s: int = 1800
+    strict_refresh: bool = False
+    rate_limit: RateLimit | None = attrs.field(factory=lambda: RateLimit(10, 1.0))
+    time_scale: float = 1.0
+    seed: int | None = None
+    gate_closure_s: int = 0
+
+
+class SandboxMarket:
+    def __init__(self, settings: MarketSettings, *, clock: MarketClock | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or MarketClock(settings.time_scale)
+        self.issuer = TokenIssuer(
+            settings.users,
+            wall=self.clock.wall,
+            access_ttl_s=settings.token_ttl_s,
+            refresh_ttl_s=settings.refresh_ttl_s,
+            strict_refresh=settings.strict_refresh,
+        )
+        self.limiter = (
+            RateLimiter(settings.rate_limit, self.clock.wall) if settings.rate_limit else None
+        )
+        rng = random.Random(settings.seed)
+        self.matcher = Matcher(
+            new_id=lambda: str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            rules=MatchingRules(gate_closure_s=settings.gate_closure_s),
+        )
+        self.requests: Counter[tuple[str, int]] = Counter()
+        self.verifications: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self._subscribers: list[Subscriber] = []
+
+    # --- events ---------------------------------------------------------------------------------
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        self._subscribers.append(subscriber)
+
+    def _publish(self, events: list[Event]) -> None:
+        if events:
+            for subscriber in self._subscribers:
+                subscriber(events)
+
+    def tick(self) -> None:
+        """Bring the market up to the current market time: expire what is due."""
+        self._publish(self.matcher.expire_due(self.clock.now()))
+
+    # --- orders ---------------------------------------------------------------------------------
+
+    def submit_order(self, user: str, body: Any) -> model.Order:
+        """Validate and place an order; raises `Invalid` (422) with every located problem."""
+        request = wire.structure(body, model.OrderRequest)
+        now = self.clock.now()
+        rules.validate_order_request(
+            request,
+            now,
+            strictness=rules.Strictness.MARKET,
+            gate_closure_s=self.settings.gate_closure_s,
+        )
+        self.tick()
+        order, events = self.matcher.submit(user, request, now)
+        self._publish(events)
+        return self.matcher.snapshot(order)
+
+    def get_order(self, user: str, order_id: str) -> model.Order:
+        self.tick()
+        return self.matcher.snapshot(self.matcher.get(user, order_id))
+
+    def list_orders(self, user: str) -> list[model.Order]:
+        self.tick()
+        return [self.matcher.snapshot(o) for o in self.matcher.orders(user)]
+
+    def cancel_order(self, user: str, order_id: str) -> model.Order:
+        self.tick()
+        self._publish(self.matcher.cancel(user, order_id, self.clock.now()))
+        return self.matcher.snapshot(self.matcher.get(user, order_id))
+
+    # --- verification ---------------------------------------------------------------------------
+
+    def submit_verification(self, user: str, body: Any) -> model.VerificationReceipt:
+        """Baseline or metering data for a sell order. The submission checks data types only
+        (spec §7); verification judges the content later."""
+        request = wire.structure(body, model.VerificationRequest)
+        kind = request.measurement_type
+        if not isinstance(kind, model.MeasurementType):
+            raise Invalid.single(
+                ("measurement_type",), f"must be one of baseline, metering, got {kind!r}"
+            )
+        self.tick()
+        order = self.matcher.get(user, request.order_id)
+        if order.side is not model.Side.SELL:
+            raise NotASell(request.order_id)
+        if kind is model.MeasurementType.BASELINE:
+            events = self.matcher.set_baseline(
+                user, request.order_id, request.metering_data, self.clock.now()
+            )
+            self._publish(events)
+        self.verifications[request.order_id][kind.value] += 1
+        return model.VerificationReceipt(order_id=request.order_id, measurement_type=kind)
+
+    # --- introspection --------------------------------------------------------------------------
+
+    def introspect_orders(self) -> list[dict[str, Any]]:
+        self.tick()
+        out = []
+        for order in self.matcher.orders():
+            data = wire.unstructure(self.matcher.snapshot(order))
+            data["owner"] = order.owner
+            data["filled_power"] = wire.decimal_to_json(order.filled_w)
+            data["remaining_power"] = wire.decimal_to_json(order.remaining_w)
+            out.append(data)
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        self.tick()
+        by_route: dict[str, dict[str, int]] = defaultdict(dict)
+        for (route, status), count in sorted(self.requests.items()):
+            by_route[route][str(status)] = count
+        orders = Counter(str(o.status) for o in self.matcher.orders())
+        return {
+            "requests": by_route,
+            "orders_by_status": dict(sorted(orders.items())),
+            "contracts": len(self.matcher.contracts),
+            "verification_submissions": {k: dict(v) for k, v in self.verifications.items()},
+        }
