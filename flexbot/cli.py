@@ -197,6 +197,13 @@ async def _run_sandbox(market_settings: MarketSettings, server: ServerSettings, 
     log.info("sandbox.stopped")
 
 
+def _first_leaf(exc: BaseException) -> BaseException:
+    """The first real exception inside (possibly nested) exception groups."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure(json=None if args.log_format is None else args.log_format == "json")
@@ -209,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         trio.run(_run_sandbox, market, server, args.command == "demo")
     except* OSError as group:  # e.g. the port is taken: say so, without a traceback
-        print(f"flexbot {args.command}: {group.exceptions[0]}", file=sys.stderr)
+        print(f"flexbot {args.command}: {_first_leaf(group)}", file=sys.stderr)
         status = 1
     return status
 

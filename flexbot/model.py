@@ -160,6 +160,7 @@ class Verification:
     verification_id: str
     status: VerificationStatus | str
     result: VerificationResult | None = None
+    reason: str | None = None  # why it failed [A]: the sandbox says; the real market may not
 
 
 @frozen

@@ -105,6 +105,12 @@ def _structure_str(value: object, _: type) -> str:
     return value
 
 
+def _structure_bool(value: object, _: type) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {_kind(value)}")
+    return value
+
+
 def _structure_int(value: object, _: type) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"expected an integer, got {_kind(value)}")
@@ -167,6 +173,7 @@ _STRICT_ENUMS: tuple[type[enum.StrEnum], ...] = (model.Side, model.MeasurementTy
 def _make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(detailed_validation=True)
     conv.register_structure_hook(str, _structure_str)
+    conv.register_structure_hook(bool, _structure_bool)
     conv.register_structure_hook(int, _structure_int)
     conv.register_structure_hook(float, _structure_float)
     conv.register_structure_hook(Decimal, lambda v, _: to_decimal(v))

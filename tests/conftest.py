@@ -6,6 +6,7 @@ clock, so token lifetimes, rate limits and expiry are driven by the test, never 
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from functools import partial
@@ -71,6 +72,7 @@ async def sandbox(
 
 @pytest.fixture
 async def http(sandbox: Sandbox) -> AsyncIterator[httpx.AsyncClient]:
-    verify: str | bool = str(sandbox.running.ca) if sandbox.running.ca else True
+    ca = sandbox.running.ca
+    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca)) if ca else True
     async with httpx.AsyncClient(base_url=sandbox.base_url, verify=verify, timeout=10) as client:
         yield client

@@ -9,12 +9,13 @@ order, 429 with `Retry-After`. Every path answers with and without a trailing sl
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -28,6 +29,8 @@ from flexbot.sandbox.matching import BaselineLocked, NotASell, OrderFinal, Order
 
 log = logs.get_logger("flexbot.sandbox")
 
+MAX_BODY_BYTES = 1 << 20  # a day of 15-minute data points is ~10 KB; 1 MiB is generous
+
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
@@ -39,10 +42,24 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def json_response(
+    data: Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
     return Response(
         orjson.dumps(data), status_code=status, headers=headers, media_type="application/json"
     )
+
+
+async def read_body(request: Request) -> bytes:
+    """The request body, refused with 413 past `MAX_BODY_BYTES` so memory stays bounded."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise ApiError(413, f"request body larger than {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _detail(exc: Invalid) -> list[dict[str, Any]]:
@@ -72,10 +89,10 @@ def build_app(market: SandboxMarket) -> Starlette:
 
     async def body_of(request: Request) -> Any:
         # The docs' curl examples send JSON labelled as a form: parse JSON whatever the header says.
-        return wire.loads(await request.body())
+        return wire.loads(await read_body(request))
 
     async def token(request: Request) -> Response:
-        form = dict(parse_qsl((await request.body()).decode("utf-8", "replace")))
+        form = dict(parse_qsl((await read_body(request)).decode("utf-8", "replace")))
         try:
             issued = market.issuer.token(form)
         except OAuthError as exc:
@@ -128,6 +145,11 @@ def build_app(market: SandboxMarket) -> Starlette:
         *_both("/sandbox/stats", sandbox_stats, ["GET"]),
     ]
 
+    async def http_error(request: Request, exc: Exception) -> Response:
+        # Unknown routes and wrong methods answer in the API's JSON shape, not Starlette's text.
+        assert isinstance(exc, HTTPException)
+        return json_response({"detail": exc.detail}, exc.status_code, exc.headers)
+
     async def api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
         return json_response({"detail": exc.detail}, exc.status, exc.headers)
@@ -160,6 +182,7 @@ def build_app(market: SandboxMarket) -> Starlette:
     app = Starlette(
         routes=routes,
         exception_handlers={
+            HTTPException: http_error,
             ApiError: api_error,
             Invalid: invalid,
             OrderNotFound: market_error,

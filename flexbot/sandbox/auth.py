@@ -65,7 +65,10 @@ class TokenIssuer:
         if grant_type == "password":
             username, password = form.get("username", ""), form.get("password", "")
             known = self._users.get(username)
-            if known is None or not secrets.compare_digest(known, password):
+            # compare_digest takes str only when ASCII: compare the UTF-8 bytes.
+            if known is None or not secrets.compare_digest(
+                known.encode("utf-8"), password.encode("utf-8")
+            ):
                 raise OAuthError(401, "invalid_grant", "Invalid user credentials")
             return self._issue(username)
         if grant_type == "refresh_token":

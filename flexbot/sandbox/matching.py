@@ -16,7 +16,8 @@ The rules where the spec is silent (spec §6, all [A]), written down once:
 - Time priority is the time an order entered the book: a sell waiting for its baseline is not in
   the book and queues from the moment its baseline arrives.
 - An order expires at `min(expiry_time, delivery_start - gate_closure_s)`; contracts already made
-  survive expiry and cancellation.
+  survive expiry and cancellation. Expiry happens in `expire_due`, which the market calls before
+  every command; even if a caller forgets, an order past its expiry time never trades.
 
 Under these rules the book is never crossed: no two resting orders could still trade together.
 """
@@ -109,6 +110,7 @@ class BookOrder:
     expires_at: datetime
     baseline: model.MeterReading | None
     contract_ids: list[str] = attrs.field(factory=list)
+    verification: model.Verification | None = None
     book_seq: int | None = None  # position in time priority while resting in the book
 
     @property
@@ -159,6 +161,10 @@ class Matcher:
 
     # --- queries --------------------------------------------------------------------------------
 
+    def order(self, order_id: str) -> BookOrder:
+        """Any user's order, for the market's own bookkeeping (KeyError if unknown)."""
+        return self._orders[order_id]
+
     def get(self, owner: str, order_id: str) -> BookOrder:
         order = self._orders.get(order_id)
         if order is None or order.owner != owner:
@@ -193,6 +199,7 @@ class Matcher:
             created_at=order.created_at,
             updated_at=order.updated_at,
             baseline=order.baseline,
+            verification=order.verification,
             contracts=tuple(self.contracts[c] for c in order.contract_ids),
         )
 
@@ -299,8 +306,8 @@ class Matcher:
 
     def update_contract(self, contract: model.Contract) -> ContractChanged:
         """Store a contract's new state (the post-trade lifecycle lives outside matching)."""
+        buyer, seller = self._contract_parties[contract.contract_id]  # KeyError: not ours
         self.contracts[contract.contract_id] = contract
-        buyer, seller = self._contract_parties[contract.contract_id]
         return ContractChanged(buyer, seller, contract)
 
     # --- internals ------------------------------------------------------------------------------
@@ -320,7 +327,7 @@ class Matcher:
 
     def _match(self, aggressor: BookOrder, now: datetime, events: list[Event]) -> None:
         sides = self._book.get(aggressor.window)
-        if sides is None:
+        if sides is None or aggressor.expires_at <= now:
             return
         for resting in list(sides[aggressor.side.opposite]):
             if aggressor.remaining_w == 0:
@@ -328,7 +335,7 @@ class Matcher:
             buy, sell = (aggressor, resting) if aggressor.side is Side.BUY else (resting, aggressor)
             if buy.price < sell.price:
                 break  # the list is in price order: nothing further can cross
-            if buy.owner == sell.owner:
+            if buy.owner == sell.owner or resting.expires_at <= now:
                 continue
             if not countries_compatible(buy.request.location, sell.request.location):
                 continue
