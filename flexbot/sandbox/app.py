@@ -14,21 +14,26 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
+import trio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from flexbot import logs, wire
 from flexbot.problems import Invalid
 from flexbot.sandbox.auth import NotAuthenticated, OAuthError
+from flexbot.sandbox.lifecycle import MeteringRefused
 from flexbot.sandbox.market import SandboxMarket
 from flexbot.sandbox.matching import BaselineLocked, NotASell, OrderFinal, OrderNotFound
+from flexbot.sandbox.streams import Channel, StreamHub, serve_stream
 
 log = logs.get_logger("flexbot.sandbox")
 
+AMBIGUOUS_HANG_S = 60.0  # longer than any sane client timeout; then a 504 for the record
 MAX_BODY_BYTES = 1 << 20  # a day of 15-minute data points is ~10 KB; 1 MiB is generous
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -74,8 +79,14 @@ def _both(path: str, endpoint: Endpoint, methods: Sequence[str]) -> list[BaseRou
     ]
 
 
-def build_app(market: SandboxMarket) -> Starlette:
-    def user_of(request: Request) -> str:
+def build_app(market: SandboxMarket, hub: StreamHub) -> Starlette:
+    faults = market.faults
+
+    async def user_of(request: Request) -> str:
+        """Every `/api/v1` call: injected latency, Bearer auth, the rate limit, injected errors."""
+        if faults.settings.rest_latency_ms:
+            faults.injected["rest_latency"] += 1
+            await trio.sleep(faults.settings.rest_latency_ms / 1000)
         try:
             user = market.issuer.authenticate(request.headers.get("authorization"))
         except NotAuthenticated as exc:
@@ -85,6 +96,11 @@ def build_app(market: SandboxMarket) -> Starlette:
             retry_after = market.limiter.acquire(user)
             if retry_after is not None:
                 raise ApiError(429, "Too many requests", {"Retry-After": str(retry_after)})
+        if faults.chance(faults.settings.rest_429_rate, "rest_429"):
+            raise ApiError(429, "Too many requests (injected)", {"Retry-After": "1"})
+        if faults.chance(faults.settings.rest_error_rate, "rest_5xx"):
+            status = faults.choice((500, 502, 503))
+            raise ApiError(status, f"injected server error {status}")
         return user
 
     async def body_of(request: Request) -> Any:
@@ -93,8 +109,12 @@ def build_app(market: SandboxMarket) -> Starlette:
 
     async def token(request: Request) -> Response:
         form = dict(parse_qsl((await read_body(request)).decode("utf-8", "replace")))
+        if faults.token_endpoint_down():
+            return json_response(
+                {"error": "temporarily_unavailable", "error_description": "injected outage"}, 503
+            )
         try:
-            issued = market.issuer.token(form)
+            issued = market.issuer.token(form, access_ttl_s=faults.settings.token_ttl or None)
         except OAuthError as exc:
             return json_response(
                 {"error": exc.error, "error_description": exc.description}, exc.status
@@ -105,21 +125,28 @@ def build_app(market: SandboxMarket) -> Starlette:
         )
 
     async def order_collection(request: Request) -> Response:
-        user = user_of(request)
+        user = await user_of(request)
         if request.method == "GET":
             return json_response(wire.unstructure(market.list_orders(user)))
         order = market.submit_order(user, await body_of(request))
+        if faults.chance(
+            faults.settings.ambiguous_rate, "ambiguous_" + faults.settings.ambiguous_mode
+        ):
+            # The order exists, but the client will not learn it from this response.
+            if faults.settings.ambiguous_mode == "hang":
+                await trio.sleep(AMBIGUOUS_HANG_S)
+            raise ApiError(504, "Gateway Timeout")
         return json_response(wire.unstructure(order))
 
     async def order_item(request: Request) -> Response:
-        user = user_of(request)
+        user = await user_of(request)
         order_id = request.path_params["order_id"]
         if request.method == "DELETE":
             return json_response(wire.unstructure(market.cancel_order(user, order_id)))
         return json_response(wire.unstructure(market.get_order(user, order_id)))
 
     async def verification(request: Request) -> Response:
-        user = user_of(request)
+        user = await user_of(request)
         receipt = market.submit_verification(user, await body_of(request))
         return json_response(wire.unstructure(receipt))
 
@@ -132,7 +159,19 @@ def build_app(market: SandboxMarket) -> Starlette:
         return json_response(market.introspect_orders())
 
     async def sandbox_stats(request: Request) -> Response:
-        return json_response(market.stats())
+        return json_response({**market.stats(), "websocket": hub.snapshot()})
+
+    async def sandbox_faults(request: Request) -> Response:
+        if request.method == "POST":
+            changes = await body_of(request)
+            if not isinstance(changes, dict):
+                raise Invalid.single((), "expected a JSON object of fault settings")
+            faults.update(changes)
+            log.info("sandbox.faults", **changes)
+        return json_response(faults.snapshot())
+
+    async def stream(websocket: WebSocket) -> None:
+        await serve_stream(websocket, market, hub)
 
     routes: list[BaseRoute] = [
         *_both("/auth/oauth/v2/token", token, ["POST"]),
@@ -143,6 +182,12 @@ def build_app(market: SandboxMarket) -> Starlette:
         *_both("/sandbox/clock", sandbox_clock, ["GET"]),
         *_both("/sandbox/orders", sandbox_orders, ["GET"]),
         *_both("/sandbox/stats", sandbox_stats, ["GET"]),
+        *_both("/sandbox/faults", sandbox_faults, ["GET", "POST"]),
+        *(
+            WebSocketRoute(f"/api/v1/ws/{channel}{slash}", stream)
+            for channel in Channel
+            for slash in ("", "/")
+        ),
     ]
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -168,6 +213,12 @@ def build_app(market: SandboxMarket) -> Starlette:
             return json_response(
                 {"detail": f"Order {order_id} has matched or ended: its baseline is fixed"}, 409
             )
+        if isinstance(exc, MeteringRefused):
+            if exc.invalid:
+                loc = ["body", "measurement_type"]
+                detail = [{"loc": loc, "msg": str(exc), "type": "value_error"}]
+                return json_response({"detail": detail}, 422)
+            return json_response({"detail": str(exc)}, 409)
         if isinstance(exc, NotASell):
             detail = [
                 {
@@ -189,6 +240,7 @@ def build_app(market: SandboxMarket) -> Starlette:
             OrderFinal: market_error,
             BaselineLocked: market_error,
             NotASell: market_error,
+            MeteringRefused: market_error,
         },
     )
     app.router.redirect_slashes = False

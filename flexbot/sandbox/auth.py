@@ -57,8 +57,11 @@ class TokenIssuer:
         self._refresh: dict[str, _Grant] = {}
         self._issued = 0
 
-    def token(self, form: Mapping[str, str]) -> TokenResponse:
-        """Answer a `POST /auth/oauth/v2/token` form, or raise `OAuthError`."""
+    def token(self, form: Mapping[str, str], *, access_ttl_s: float | None = None) -> TokenResponse:
+        """Answer a `POST /auth/oauth/v2/token` form, or raise `OAuthError`.
+
+        `access_ttl_s` overrides the access token lifetime (the `token_ttl` fault)."""
+        ttl = access_ttl_s or self.access_ttl_s
         if form.get("client_id") != CLIENT_ID:
             raise OAuthError(401, "invalid_client", f"client_id must be {CLIENT_ID}")
         grant_type = form.get("grant_type")
@@ -70,7 +73,7 @@ class TokenIssuer:
                 known.encode("utf-8"), password.encode("utf-8")
             ):
                 raise OAuthError(401, "invalid_grant", "Invalid user credentials")
-            return self._issue(username)
+            return self._issue(username, ttl)
         if grant_type == "refresh_token":
             presented = form.get("refresh_token", "")
             grant = self._refresh.get(presented)
@@ -78,7 +81,7 @@ class TokenIssuer:
                 raise OAuthError(400, "invalid_grant", "Invalid refresh token")
             if self.strict_refresh:
                 del self._refresh[presented]
-            return self._issue(grant.user)
+            return self._issue(grant.user, ttl)
         if not grant_type:
             raise OAuthError(400, "invalid_request", "Missing form parameter: grant_type")
         raise OAuthError(400, "unsupported_grant_type", f"Unsupported grant_type {grant_type!r}")
@@ -98,18 +101,18 @@ class TokenIssuer:
             raise NotAuthenticated("Token expired")
         return grant.user
 
-    def _issue(self, user: str) -> TokenResponse:
+    def _issue(self, user: str, access_ttl_s: float) -> TokenResponse:
         now = self._wall()
         self._issued += 1
         if self._issued % _PRUNE_EVERY == 0:
             self._prune(now)
         access, refresh = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-        self._access[access] = _Grant(user, now + self.access_ttl_s)
+        self._access[access] = _Grant(user, now + access_ttl_s)
         self._refresh[refresh] = _Grant(user, now + self.refresh_ttl_s)
         return TokenResponse(
             access_token=access,
             refresh_token=refresh,
-            expires_in=self.access_ttl_s,
+            expires_in=max(1, round(access_ttl_s)),
             refresh_expires_in=self.refresh_ttl_s,
             token_type="Bearer",
         )

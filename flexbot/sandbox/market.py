@@ -11,6 +11,7 @@ import random
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any
 
 import attrs
@@ -20,7 +21,9 @@ from flexbot import model, rules, wire
 from flexbot.problems import Invalid
 from flexbot.sandbox.auth import TokenIssuer
 from flexbot.sandbox.clock import MarketClock
-from flexbot.sandbox.matching import Event, Matcher, MatchingRules, NotASell
+from flexbot.sandbox.faults import Faults, FaultSettings
+from flexbot.sandbox.lifecycle import ContractLifecycle, LifecycleRules
+from flexbot.sandbox.matching import ContractChanged, Event, Matcher, MatchingRules, NotASell
 from flexbot.sandbox.ratelimit import RateLimit, RateLimiter
 
 Subscriber = Callable[[list[Event]], None]
@@ -36,6 +39,8 @@ class MarketSettings:
     time_scale: float = 1.0
     seed: int | None = None
     gate_closure_s: int = 0
+    lifecycle: LifecycleRules = attrs.field(factory=LifecycleRules)
+    faults: FaultSettings = attrs.field(factory=FaultSettings)
 
 
 class SandboxMarket:
@@ -53,12 +58,18 @@ class SandboxMarket:
             RateLimiter(settings.rate_limit, self.clock.wall) if settings.rate_limit else None
         )
         rng = random.Random(settings.seed)
+
+        def new_id() -> str:
+            return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
         self.matcher = Matcher(
-            new_id=lambda: str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-            rules=MatchingRules(gate_closure_s=settings.gate_closure_s),
+            new_id=new_id, rules=MatchingRules(gate_closure_s=settings.gate_closure_s)
         )
+        self.lifecycle = ContractLifecycle(self.matcher, new_id, settings.lifecycle)
+        self.faults = Faults(settings.faults, wall=self.clock.wall, seed=settings.seed)
         self.requests: Counter[tuple[str, int]] = Counter()
         self.verifications: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self.duplicates: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self._subscribers: list[Subscriber] = []
 
     # --- events ---------------------------------------------------------------------------------
@@ -67,13 +78,27 @@ class SandboxMarket:
         self._subscribers.append(subscriber)
 
     def _publish(self, events: list[Event]) -> None:
-        if events:
-            for subscriber in self._subscribers:
-                subscriber(events)
+        if not events:
+            return
+        for event in events:
+            if (
+                isinstance(event, ContractChanged)
+                and event.contract.status == model.ContractStatus.CREATED
+            ):
+                self.lifecycle.track(event.contract)
+        for subscriber in self._subscribers:
+            subscriber(events)
 
     def tick(self) -> None:
-        """Bring the market up to the current market time: expire what is due."""
-        self._publish(self.matcher.expire_due(self.clock.now()))
+        """Bring the market up to the current market time: expiries, then contract steps."""
+        now = self.clock.now()
+        self._publish(self.matcher.expire_due(now))
+        self._publish(self.lifecycle.advance(now))
+
+    def next_deadline(self) -> datetime | None:
+        """The next market time at which `tick` has something to do."""
+        due = [d for d in (self.matcher.next_expiry(), self.lifecycle.next_due()) if d is not None]
+        return min(due, default=None)
 
     # --- orders ---------------------------------------------------------------------------------
 
@@ -117,15 +142,21 @@ class SandboxMarket:
                 ("measurement_type",), f"must be one of baseline, metering, got {kind!r}"
             )
         self.tick()
+        now = self.clock.now()
         order = self.matcher.get(user, request.order_id)
         if order.side is not model.Side.SELL:
             raise NotASell(request.order_id)
+        reading = request.metering_data
         if kind is model.MeasurementType.BASELINE:
-            events = self.matcher.set_baseline(
-                user, request.order_id, request.metering_data, self.clock.now()
-            )
-            self._publish(events)
-        self.verifications[request.order_id][kind.value] += 1
+            fresh = order.baseline != reading
+            if fresh:
+                self._publish(self.matcher.set_baseline(user, request.order_id, reading, now))
+        else:
+            fresh = self.lifecycle.record_metering(order, reading, now)
+            self.tick()  # verification runs at once when delivery has ended
+        # Exactly once per (order, measurement): an identical resubmission is recognised.
+        counter = self.verifications if fresh else self.duplicates
+        counter[request.order_id][kind.value] += 1
         return model.VerificationReceipt(order_id=request.order_id, measurement_type=kind)
 
     # --- introspection --------------------------------------------------------------------------
@@ -152,4 +183,9 @@ class SandboxMarket:
             "orders_by_status": dict(sorted(orders.items())),
             "contracts": len(self.matcher.contracts),
             "verification_submissions": {k: dict(v) for k, v in self.verifications.items()},
+            "verification_duplicates": {k: dict(v) for k, v in self.duplicates.items()},
+            "contracts_by_status": dict(
+                sorted(Counter(str(c.status) for c in self.matcher.contracts.values()).items())
+            ),
+            "faults": self.faults.snapshot(),
         }

@@ -14,9 +14,11 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.typing import Framework
 
-from flexbot.sandbox import tls
+from flexbot.sandbox import liveness, tls
 from flexbot.sandbox.app import RequestLog, build_app
+from flexbot.sandbox.liveness import SandboxConfig
 from flexbot.sandbox.market import SandboxMarket
+from flexbot.sandbox.streams import StreamHub
 
 _MAX_EXPIRY_SLEEP_S = 1.0  # re-read the clock at least this often, whatever the next deadline
 
@@ -30,6 +32,9 @@ class ServerSettings:
     key: Path | None = None
     tls_dir: Path | None = None  # where a generated certificate is written
     graceful_timeout_s: float = 3.0
+    ws_ping_interval_s: float | None = 30.0  # None: the server sends no pings
+    ws_missed_pongs: int = 3
+    ws_queue_size: int = 256  # messages queued per connection before it is cut off
 
 
 @frozen
@@ -39,10 +44,18 @@ class Running:
     base_url: str  # http(s)://host:port, no trailing slash
     ws_url: str  # ws(s)://host:port
     ca: Path | None  # the CA file to trust with --tls and a generated certificate
+    hub: StreamHub
 
 
-def _hypercorn_config(settings: ServerSettings, files: tls.TlsFiles | None) -> Config:
-    config = Config()
+def _hypercorn_config(
+    settings: ServerSettings, files: tls.TlsFiles | None, market: SandboxMarket, hub: StreamHub
+) -> Config:
+    liveness.install()
+    config = SandboxConfig()
+    config.ws_ping_interval_s = settings.ws_ping_interval_s
+    config.ws_missed_pongs = settings.ws_missed_pongs
+    config.faults = market.faults
+    config.ws_stats = hub.stats
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     config.bind = [f"{host}:{settings.port}"]
     config.accesslog = None  # RequestLog writes one structured line per request instead
@@ -62,21 +75,31 @@ def _tls_files(settings: ServerSettings) -> tls.TlsFiles | None:
     return tls.generate(directory)
 
 
-async def expire_orders(market: SandboxMarket) -> None:
-    """Expire orders at their expiry time, even when no request comes in to notice."""
+async def keep_time(market: SandboxMarket) -> None:
+    """Expire orders and step contracts when their time comes, even if no request comes in."""
     wake = trio.Event()
 
     def on_events(_: object) -> None:
-        wake.set()  # a new order may expire before the deadline we sleep towards
+        wake.set()  # a new order or contract may be due before the deadline we sleep towards
 
     market.subscribe(on_events)
     while True:
-        deadline = market.matcher.next_expiry()
+        deadline = market.next_deadline()
         delay = math.inf if deadline is None else market.clock.wall_seconds_until(deadline)
         with trio.move_on_after(min(delay, _MAX_EXPIRY_SLEEP_S)):
             await wake.wait()
         wake = trio.Event()
         market.tick()
+
+
+async def drop_connections(market: SandboxMarket, hub: StreamHub) -> None:
+    """The `ws_drop_every` fault: cut every WebSocket connection every N seconds while it is on."""
+    while True:
+        every = market.faults.settings.ws_drop_every
+        await trio.sleep(every or 1.0)  # off: look again in a second
+        if every and market.faults.settings.ws_drop_every:
+            dropped = hub.drop_all(1012, "sandbox fault: ws_drop_every")
+            market.faults.injected["ws_drop"] += dropped
 
 
 async def serve(
@@ -88,8 +111,9 @@ async def serve(
 ) -> None:
     """Serve until `shutdown` is set, then stop gracefully (hypercorn's graceful timeout)."""
     files = _tls_files(settings)
-    config = _hypercorn_config(settings, files)
-    app = cast(Framework, RequestLog(build_app(market), market))
+    hub = StreamHub(market, queue_size=settings.ws_queue_size)
+    config = _hypercorn_config(settings, files, market, hub)
+    app = cast(Framework, RequestLog(build_app(market, hub), market))
     async with trio.open_nursery() as nursery:
 
         async def run_http(*, task_status: trio.TaskStatus[list[str]]) -> None:
@@ -98,7 +122,8 @@ async def serve(
             )
             nursery.cancel_scope.cancel()
 
-        nursery.start_soon(expire_orders, market)
+        nursery.start_soon(keep_time, market)
+        nursery.start_soon(drop_connections, market, hub)
         binds: list[str] = await nursery.start(run_http)
         base_url = binds[0]
         scheme, _, rest = base_url.partition("://")
@@ -107,5 +132,6 @@ async def serve(
                 base_url=base_url,
                 ws_url=f"{'wss' if scheme == 'https' else 'ws'}://{rest}",
                 ca=files.ca if files else None,
+                hub=hub,
             )
         )
