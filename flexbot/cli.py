@@ -9,12 +9,16 @@ import argparse
 import signal
 import sys
 from collections.abc import Sequence
+from decimal import Decimal
 from functools import partial
 from pathlib import Path
 
 import trio
 
-from flexbot import logs
+from flexbot import logs, wire
+from flexbot.problems import Invalid
+from flexbot.sandbox.faults import FAULT_NAMES, FaultSettings, parse_fault_option
+from flexbot.sandbox.lifecycle import LifecycleRules
 from flexbot.sandbox.market import MarketSettings, SandboxMarket
 from flexbot.sandbox.ratelimit import RateLimit
 from flexbot.sandbox.server import Running, ServerSettings, serve
@@ -64,6 +68,33 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
+def _fault(text: str) -> tuple[str, object]:
+    try:
+        return parse_fault_option(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_sandbox_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one (default 8000)")
@@ -102,6 +133,63 @@ def _add_sandbox_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cert", type=Path, help="with --tls: your own certificate (PEM)")
     p.add_argument("--key", type=Path, help="with --tls: the key of --cert (PEM)")
     p.add_argument("--tls-dir", type=Path, help="with --tls: where to write the generated cert")
+    p.add_argument(
+        "--counterparties",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="simulated traders that keep the book moving (default 0)",
+    )
+    p.add_argument(
+        "--counterparty-interval",
+        type=_positive_float,
+        default=2.0,
+        metavar="S",
+        help="mean wall seconds between one trader's actions (default 2)",
+    )
+    p.add_argument(
+        "--fault",
+        action="append",
+        type=_fault,
+        default=[],
+        metavar="NAME=VALUE",
+        help=f"switch a fault on at start; repeatable. Names: {', '.join(FAULT_NAMES)}",
+    )
+    p.add_argument(
+        "--ping-interval",
+        type=_non_negative_float,
+        default=30.0,
+        metavar="S",
+        help="server WebSocket ping interval; a client missing 3 pongs is closed; 0 = no pings",
+    )
+    p.add_argument(
+        "--ws-queue",
+        type=_positive_int,
+        default=256,
+        metavar="N",
+        help="messages queued per WebSocket client before it is cut off (default 256)",
+    )
+    p.add_argument(
+        "--metering-deadline",
+        type=_positive_int,
+        default=3600,
+        metavar="S",
+        help="seconds after delivery end that metering is accepted (default 3600)",
+    )
+    p.add_argument(
+        "--min-delivered-pct",
+        type=_non_negative_float,
+        default=90.0,
+        metavar="P",
+        help="verification succeeds when at least P%% was delivered (default 90)",
+    )
+    p.add_argument(
+        "--settlement-delay",
+        type=_non_negative_int,
+        default=300,
+        metavar="S",
+        help="market seconds from successful verification to settlement (default 300)",
+    )
     p.add_argument("--log-format", choices=["json", "console"], default=None)
 
 
@@ -128,6 +216,10 @@ def _settings(args: argparse.Namespace) -> tuple[MarketSettings, ServerSettings]
     if args.gate_closure_s < 0:
         raise UsageError("--gate-closure must not be negative")
     users = dict(args.user or [DEMO_USER])
+    try:
+        faults = wire.structure(dict(args.fault), FaultSettings)
+    except Invalid as exc:
+        raise UsageError(f"--fault {exc.problems[0]}") from None
     market = MarketSettings(
         users=users,
         token_ttl_s=args.token_ttl,
@@ -137,6 +229,14 @@ def _settings(args: argparse.Namespace) -> tuple[MarketSettings, ServerSettings]
         time_scale=args.time_scale,
         seed=args.seed,
         gate_closure_s=args.gate_closure_s,
+        lifecycle=LifecycleRules(
+            metering_deadline_s=args.metering_deadline,
+            min_delivered_pct=Decimal(str(args.min_delivered_pct)),
+            settlement_delay_s=args.settlement_delay,
+        ),
+        faults=faults,
+        counterparties=args.counterparties,
+        counterparty_interval_s=args.counterparty_interval,
     )
     server = ServerSettings(
         host=args.host,
@@ -145,6 +245,8 @@ def _settings(args: argparse.Namespace) -> tuple[MarketSettings, ServerSettings]
         cert=args.cert,
         key=args.key,
         tls_dir=args.tls_dir,
+        ws_ping_interval_s=args.ping_interval or None,
+        ws_queue_size=args.ws_queue,
     )
     return market, server
 
@@ -154,7 +256,8 @@ def _banner(running: Running, market: MarketSettings, demo: bool) -> str:
     lines = [
         f"flexbot sandbox listening on {running.base_url} (WebSocket {running.ws_url})",
         f"users: {', '.join(market.users)}; market time x{market.time_scale:g}",
-        "introspection: GET /sandbox/clock, /sandbox/orders, /sandbox/stats",
+        "streams: /api/v1/ws/trade (Bearer token), /api/v1/ws/ticker, /api/v1/ws/orderbook",
+        "introspection: GET /sandbox/clock, /sandbox/orders, /sandbox/stats, /sandbox/faults",
     ]
     if running.ca is not None:
         lines.append(f"TLS: trust {running.ca} (e.g. REQUESTS_CA_BUNDLE={running.ca})")

@@ -41,6 +41,8 @@ class MarketSettings:
     gate_closure_s: int = 0
     lifecycle: LifecycleRules = attrs.field(factory=LifecycleRules)
     faults: FaultSettings = attrs.field(factory=FaultSettings)
+    counterparties: int = 0
+    counterparty_interval_s: float = 2.0  # mean wall seconds between one trader's actions
 
 
 class SandboxMarket:
@@ -89,11 +91,13 @@ class SandboxMarket:
         for subscriber in self._subscribers:
             subscriber(events)
 
-    def tick(self) -> None:
-        """Bring the market up to the current market time: expiries, then contract steps."""
+    def tick(self) -> datetime:
+        """Bring the market up to the current market time (expiries, then contract steps) and
+        return that time, so a command that follows acts at exactly the same instant."""
         now = self.clock.now()
         self._publish(self.matcher.expire_due(now))
         self._publish(self.lifecycle.advance(now))
+        return now
 
     def next_deadline(self) -> datetime | None:
         """The next market time at which `tick` has something to do."""
@@ -103,16 +107,17 @@ class SandboxMarket:
     # --- orders ---------------------------------------------------------------------------------
 
     def submit_order(self, user: str, body: Any) -> model.Order:
-        """Validate and place an order; raises `Invalid` (422) with every located problem."""
-        request = wire.structure(body, model.OrderRequest)
-        now = self.clock.now()
+        """Decode, validate and place an order; raises `Invalid` (422) with located problems."""
+        return self.place(user, wire.structure(body, model.OrderRequest))
+
+    def place(self, user: str, request: model.OrderRequest) -> model.Order:
+        now = self.tick()
         rules.validate_order_request(
             request,
             now,
             strictness=rules.Strictness.MARKET,
             gate_closure_s=self.settings.gate_closure_s,
         )
-        self.tick()
         order, events = self.matcher.submit(user, request, now)
         self._publish(events)
         return self.matcher.snapshot(order)
@@ -126,8 +131,8 @@ class SandboxMarket:
         return [self.matcher.snapshot(o) for o in self.matcher.orders(user)]
 
     def cancel_order(self, user: str, order_id: str) -> model.Order:
-        self.tick()
-        self._publish(self.matcher.cancel(user, order_id, self.clock.now()))
+        now = self.tick()
+        self._publish(self.matcher.cancel(user, order_id, now))
         return self.matcher.snapshot(self.matcher.get(user, order_id))
 
     # --- verification ---------------------------------------------------------------------------
@@ -135,14 +140,17 @@ class SandboxMarket:
     def submit_verification(self, user: str, body: Any) -> model.VerificationReceipt:
         """Baseline or metering data for a sell order. The submission checks data types only
         (spec §7); verification judges the content later."""
-        request = wire.structure(body, model.VerificationRequest)
+        return self.record_verification(user, wire.structure(body, model.VerificationRequest))
+
+    def record_verification(
+        self, user: str, request: model.VerificationRequest
+    ) -> model.VerificationReceipt:
         kind = request.measurement_type
         if not isinstance(kind, model.MeasurementType):
             raise Invalid.single(
                 ("measurement_type",), f"must be one of baseline, metering, got {kind!r}"
             )
-        self.tick()
-        now = self.clock.now()
+        now = self.tick()
         order = self.matcher.get(user, request.order_id)
         if order.side is not model.Side.SELL:
             raise NotASell(request.order_id)

@@ -16,6 +16,7 @@ from hypercorn.typing import Framework
 
 from flexbot.sandbox import liveness, tls
 from flexbot.sandbox.app import RequestLog, build_app
+from flexbot.sandbox.counterparties import Counterparties
 from flexbot.sandbox.liveness import SandboxConfig
 from flexbot.sandbox.market import SandboxMarket
 from flexbot.sandbox.streams import StreamHub
@@ -124,6 +125,8 @@ async def serve(
 
         nursery.start_soon(keep_time, market)
         nursery.start_soon(drop_connections, market, hub)
+        traders = Counterparties(market, market.settings.counterparties, seed=market.settings.seed)
+        nursery.start_soon(traders.run, market.settings.counterparty_interval_s)
         binds: list[str] = await nursery.start(run_http)
         base_url = binds[0]
         scheme, _, rest = base_url.partition("://")
