@@ -13,17 +13,21 @@ from __future__ import annotations
 
 import enum
 import re
+from collections import abc
 from collections.abc import Callable, Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, TypeVar
+from functools import partial
+from typing import Any, TypeVar, get_args, get_origin
 
+import attrs
 import cattrs
 import orjson
 from cattrs.errors import (
     AttributeValidationNote,
     ClassValidationError,
     IterableValidationError,
+    IterableValidationNote,
 )
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
@@ -47,15 +51,21 @@ def parse_datetime(text: str) -> datetime:
             f"{text!r} is not an ISO-8601 timestamp with a zone (e.g. 2026-11-23T11:30:00Z)"
         )
     year, month, day, hour, minute, second, fraction, zone = m.groups()
-    micros = int((fraction or "0")[:6].ljust(6, "0"))
+    fraction = fraction or "0"
+    micros = int(fraction[:6].ljust(6, "0"))
+    # A datetime holds microseconds. Any precision is accepted, rounded *up*: truncating would let
+    # 11:00:00.000000001 pass as on the 15-minute grid.
+    round_up = timedelta(microseconds=1 if fraction[6:].strip("0") else 0)
     zone = "+00:00" if zone in ("Z", "z") else zone
     try:
         dt = datetime.fromisoformat(
             f"{year}-{month}-{day}T{hour}:{minute}:{second}.{micros:06d}{zone}"
         )
+        return (dt + round_up).astimezone(UTC)
     except ValueError as exc:
         raise ValueError(f"{text!r} is not a valid timestamp: {exc}") from None
-    return dt.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{text!r} is out of range once converted to UTC") from None
 
 
 def format_datetime(dt: datetime) -> str:
@@ -157,6 +167,93 @@ def _tolerant_enum(cls: type[enum.StrEnum]) -> Callable[[object, type], str]:
     return structure
 
 
+# --- containers ---------------------------------------------------------------------------------
+# cattrs would iterate a string where a list is expected and read `[]` as an all-defaults object;
+# on the wire both are corrupt input, so every object must be a JSON object and every list a list.
+
+
+def _legacy_location(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    # The docs make the country optional and the official client sends "": None means "" too.
+    if value.get("country_code", "") is None:
+        return {**value, "country_code": ""}
+    return value
+
+
+def _legacy_point(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    # Legacy shape (spec §9): `{"2019-08-24T14:15:00Z": 1}`, one key, the timestamp itself.
+    if "timestamp" not in value and len(value) == 1:
+        ((key, val),) = value.items()
+        return {"timestamp": key, "value": val}
+    return value
+
+
+_PREPROCESS: Mapping[type, Callable[[Mapping[str, Any]], Mapping[str, Any]]] = {
+    model.Location: _legacy_location,
+    model.DataPoint: _legacy_point,
+}
+
+
+def _object_hook(conv: cattrs.Converter, cls: type[T]) -> Callable[[object, type], T]:
+    fields_fn = make_dict_structure_fn(cls, conv)
+    preprocess = _PREPROCESS.get(cls)
+
+    def structure(value: object, _: type) -> T:
+        if not isinstance(value, Mapping):
+            raise TypeError(f"expected an object, got {_kind(value)}")
+        return fields_fn(preprocess(value) if preprocess else value, cls)
+
+    return structure
+
+
+def _is_homogeneous_tuple(tp: Any) -> bool:
+    args = get_args(tp)
+    return get_origin(tp) is tuple and len(args) == 2 and args[1] is Ellipsis
+
+
+def _list_hook(conv: cattrs.Converter, tp: Any) -> Callable[[object, type], tuple[Any, ...]]:
+    item_type = get_args(tp)[0]
+
+    def structure(value: object, _: type) -> tuple[Any, ...]:
+        if not isinstance(value, list | tuple):
+            raise TypeError(f"expected a list, got {_kind(value)}")
+        items, errors = [], []
+        for index, item in enumerate(value):
+            try:
+                items.append(conv.structure(item, item_type))
+            except Exception as exc:  # collected and re-raised below, located by index
+                exc.add_note(IterableValidationNote(f"@ index {index}", index, item_type))
+                errors.append(exc)
+        if errors:
+            raise IterableValidationError(f"while structuring {tp!r}", errors, tp)
+        return tuple(items)
+
+    return structure
+
+
+def _is_str_mapping(tp: Any) -> bool:
+    return get_origin(tp) in (Mapping, dict, abc.Mapping) and get_args(tp)[:1] == (str,)
+
+
+def _mapping_hook(conv: cattrs.Converter, tp: Any) -> Callable[[object, type], dict[str, Any]]:
+    value_type = get_args(tp)[1]
+
+    def structure(value: object, _: type) -> dict[str, Any]:
+        if not isinstance(value, Mapping):
+            raise TypeError(f"expected an object, got {_kind(value)}")
+        out, errors = {}, []
+        for key, item in value.items():
+            try:
+                out[key] = conv.structure(item, value_type)
+            except Exception as exc:  # collected and re-raised below, located by key
+                exc.add_note(IterableValidationNote(f"@ key {key!r}", key, value_type))
+                errors.append(exc)
+        if errors:
+            raise IterableValidationError(f"while structuring {tp!r}", errors, tp)
+        return out
+
+    return structure
+
+
 # --- the converter ------------------------------------------------------------------------------
 
 _TOLERANT_ENUMS: tuple[type[enum.StrEnum], ...] = (
@@ -186,34 +283,13 @@ def _make_converter() -> cattrs.Converter:
         conv.register_structure_hook(tolerant | str, _tolerant_enum(tolerant))
         conv.register_unstructure_hook(tolerant, lambda member: member.value)
 
-    location_fn = make_dict_structure_fn(model.Location, conv)
-
-    def structure_location(value: object, cls: type) -> model.Location:
-        # The docs make the country optional and the official client sends "": None means "" too.
-        if not isinstance(value, Mapping):
-            raise TypeError(f"expected an object, got {_kind(value)}")
-        if value.get("country_code", "") is None:
-            value = {**value, "country_code": ""}
-        return location_fn(value, cls)
-
-    conv.register_structure_hook(model.Location, structure_location)
+    conv.register_structure_hook_factory(attrs.has, partial(_object_hook, conv))
+    conv.register_structure_hook_factory(_is_homogeneous_tuple, partial(_list_hook, conv))
+    conv.register_structure_hook_factory(_is_str_mapping, partial(_mapping_hook, conv))
     conv.register_unstructure_hook(
         model.Location,
         make_dict_unstructure_fn(model.Location, conv, coordinates=override(omit_if_default=True)),
     )
-
-    point_fn = make_dict_structure_fn(model.DataPoint, conv)
-
-    def structure_point(value: object, cls: type) -> model.DataPoint:
-        # Legacy shape (spec §9): `{"2019-08-24T14:15:00Z": 1}`, one key, the timestamp itself.
-        if not isinstance(value, Mapping):
-            raise TypeError(f"expected an object, got {_kind(value)}")
-        if "timestamp" not in value and len(value) == 1:
-            ((key, val),) = value.items()
-            value = {"timestamp": key, "value": val}
-        return point_fn(value, cls)
-
-    conv.register_structure_hook(model.DataPoint, structure_point)
     return conv
 
 
