@@ -205,7 +205,7 @@ async def serve_stream(websocket: WebSocket, market: SandboxMarket, hub: StreamH
             return
     await websocket.accept()
     conn = hub.connect(channel, user)
-    log.info("ws.connected", channel=str(channel), user=user)
+    log.info("sandbox.ws.connected", channel=str(channel), user=user)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_read_until_closed, websocket, nursery.cancel_scope)
@@ -219,7 +219,7 @@ async def serve_stream(websocket: WebSocket, market: SandboxMarket, hub: StreamH
     finally:
         hub.disconnect(conn)
         log.info(
-            "ws.disconnected", channel=str(channel), user=user, reason=conn.close_reason or "client"
+            "sandbox.ws.disconnected", channel=str(channel), user=user, reason=conn.close_reason or "client"
         )
 
 
