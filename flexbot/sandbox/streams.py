@@ -219,7 +219,10 @@ async def serve_stream(websocket: WebSocket, market: SandboxMarket, hub: StreamH
     finally:
         hub.disconnect(conn)
         log.info(
-            "sandbox.ws.disconnected", channel=str(channel), user=user, reason=conn.close_reason or "client"
+            "sandbox.ws.disconnected",
+            channel=str(channel),
+            user=user,
+            reason=conn.close_reason or "client",
         )
 
 
