@@ -1,0 +1,170 @@
+"""`flexbot orders list | show ID | place … | cancel ID… | cancel-all`: the operator's hands on the
+market, through the same client the daemon uses.
+
+Times are ISO-8601 (`2026-11-23T12:00:00Z`) or relative to now (`+30m`, `+2h`); a relative delivery
+start is rounded up to the 15-minute grid. Orders are checked against the market's rules before
+they are sent, and an order whose submission has an unknown outcome is reported as such: look
+before placing it again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+
+import orjson
+import trio
+
+from flexbot import model, rules, wire
+from flexbot.commands import UsageError, add_log_format, connection
+from flexbot.market import ConnectionSettings, MarketClient, MarketError, OutcomeUnknown, connect
+
+_RELATIVE = re.compile(r"\+(\d+)([smh])")
+_DURATION = re.compile(r"(\d+)([smh]?)")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "": 1}
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("orders", help="list, show, place and cancel orders")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def action(name: str, help: str) -> argparse.ArgumentParser:
+        p = actions.add_parser(name, help=help)
+        connection.add_options(p)
+        add_log_format(p)
+        p.set_defaults(run=run)
+        return p
+
+    action("list", "your orders (needs the sandbox's listing route)")
+    action("show", "one order, as JSON").add_argument("order_id")
+    place = action("place", "place one order")
+    place.add_argument("--side", choices=["buy", "sell"], required=True)
+    place.add_argument("--power", required=True, metavar="W", help="power in watts")
+    place.add_argument("--price", required=True, metavar="EUR_PER_KWH")
+    place.add_argument("--start", required=True, help="delivery start: ISO time or +30m, +2h")
+    place.add_argument("--duration", default="15m", help="15m, 30m, 1h … (default 15m)")
+    place.add_argument("--expiry", help="ISO time or +10m (default: 5 minutes before the start)")
+    place.add_argument("--country", default="", help="CZ CH ES DE FI FR, or none")
+    place.add_argument(
+        "--location-id", action="append", default=[], required=True, dest="location_ids"
+    )
+    action("cancel", "cancel orders by id").add_argument("order_ids", nargs="+", metavar="ID")
+    action("cancel-all", "cancel every open order (needs the sandbox's listing route)")
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = connection.settings(args)
+    request = _order_request(args, datetime.now(UTC)) if args.action == "place" else None
+    return trio.run(_run, args, settings, request)
+
+
+async def _run(
+    args: argparse.Namespace,
+    settings: ConnectionSettings,
+    request: model.OrderRequest | None,
+) -> int:
+    try:
+        async with connect(settings) as session:
+            client = session.client
+            if args.action == "list":
+                for order in await client.list_orders():
+                    print(_line(order))
+            elif args.action == "show":
+                order = await client.get_order(args.order_id)
+                print(orjson.dumps(wire.unstructure(order), option=orjson.OPT_INDENT_2).decode())
+            elif args.action == "place":
+                assert request is not None
+                try:
+                    order = await client.submit_order(request)
+                except OutcomeUnknown as exc:
+                    print(
+                        f"flexbot orders place: {exc}. The order may exist: check `flexbot orders "
+                        "list` before placing it again.",
+                        file=sys.stderr,
+                    )
+                    return 1
+                print(_line(order))
+            else:
+                ids = args.order_ids if args.action == "cancel" else await _open_ids(client)
+                failed = 0
+                for result in await client.cancel_many(ids):
+                    if result.error is None:
+                        print(f"{result.order_id} cancelled")
+                    else:
+                        failed += 1
+                        print(f"{result.order_id} not cancelled: {result.error}", file=sys.stderr)
+                return 1 if failed else 0
+    except MarketError as exc:
+        print(f"flexbot orders {args.action}: the market said: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _open_ids(client: MarketClient) -> list[str]:
+    return [o.order_id for o in await client.list_orders() if not o.is_final]
+
+
+def _line(order: model.Order) -> str:
+    window = f"{order.delivery_start:%Y-%m-%d %H:%M}-{order.delivery_end:%H:%M}Z"
+    filled = order.filled_power
+    return (
+        f"{order.order_id}  {order.side!s:4}  {order.power:>8} W  {order.price:>8} €/kWh  "
+        f"{window}  {order.status!s:22}  filled {filled} W"
+    )
+
+
+def _order_request(args: argparse.Namespace, now: datetime) -> model.OrderRequest:
+    start = _time(args.start, now, "--start", grid=True)
+    end = start + _duration(args.duration)
+    expiry = (
+        _time(args.expiry, now, "--expiry", grid=False)
+        if args.expiry
+        else start - timedelta(minutes=5)
+    )
+    request = model.OrderRequest(
+        side=model.Side(args.side),
+        power=_decimal(args.power, "--power"),
+        price=_decimal(args.price, "--price"),
+        delivery_start=start,
+        delivery_end=end,
+        expiry_time=expiry,
+        location=model.Location(tuple(args.location_ids), args.country.upper()),
+    )
+    problems = rules.check_order_request(request, now, strictness=rules.Strictness.CLIENT)
+    if problems:
+        raise UsageError("; ".join(str(p) for p in problems))
+    return request
+
+
+def _time(text: str, now: datetime, option: str, *, grid: bool) -> datetime:
+    relative = _RELATIVE.fullmatch(text)
+    if relative:
+        when = now + timedelta(seconds=int(relative[1]) * _UNIT_S[relative[2]])
+        return rules.ceil_to_grid(when) if grid else when
+    try:
+        return wire.parse_datetime(text)
+    except ValueError as exc:
+        raise UsageError(f"{option}: {exc}, or a relative time like +30m") from None
+
+
+def _duration(text: str) -> timedelta:
+    match = _DURATION.fullmatch(text)
+    if not match:
+        raise UsageError(f"--duration {text!r}: expected e.g. 15m, 30m, 1h")
+    seconds = int(match[1]) * _UNIT_S[match[2]]
+    if seconds <= 0 or seconds % rules.MARKET_TIME_UNIT_S:
+        raise UsageError(f"--duration {text!r}: must be a positive multiple of 15 minutes")
+    return timedelta(seconds=seconds)
+
+
+def _decimal(text: str, option: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise UsageError(f"{option} {text!r}: not a number") from None
+    if not value.is_finite():
+        raise UsageError(f"{option} {text!r}: not a finite number")
+    return value

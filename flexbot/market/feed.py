@@ -1,0 +1,241 @@
+"""`MarketFeed`: the three streams, delivered by the rules of ARCHITECTURE.md, and the order truth.
+
+- `/orderbook` frames are full snapshots: the raw frame goes into a `Conflator` and is decoded only
+  when a reader asks (`next_book`), so a slow reader gets the newest book, never a backlog, and
+  structuring is paid only for books someone reads. `None` from `next_book` means "book unknown":
+  the link dropped, and the next book comes from the new connection.
+- `/ticker` events are facts: decoded at once and kept in order in a bounded buffer that drops the
+  oldest on overflow (counted and logged).
+- `/trade` events are never dropped: they go through a bounded channel that the socket reader waits
+  on. If the reader falls far behind, the server cuts the link, and reconciliation (below) restores
+  the truth on reconnect: nothing is lost either way.
+
+Reconciliation is the snapshot-then-updates pattern of exchange order channels: after every
+(re)connect of `/trade`, and every `poll_interval_s` while `/trade` is down or silent for longer
+than `trade_silence_s`, the state of every order the caller tracks as open (`OrderSource`) is
+fetched over REST and every difference from the caller's last known state is emitted as an event
+(`source="reconcile"`). An order the market does not know (404) is logged and left unknown, never
+taken as cancelled. Events may therefore repeat a state already seen, or arrive after a newer one
+came by another path: consumers apply them idempotently and never move an order backwards out of a
+final status.
+"""
+
+from __future__ import annotations
+
+import math
+import ssl
+from collections.abc import Mapping
+from typing import Literal, Protocol
+
+import trio
+from attrs import frozen
+
+from flexbot import logs, model, wire
+from flexbot.market.auth import TokenManager
+from flexbot.market.buffers import Conflator, DropOldest
+from flexbot.market.errors import MarketError, NotFound
+from flexbot.market.rest import MarketClient
+from flexbot.market.streams import Endpoint, StreamConsumer, StreamSettings, decode_frame
+
+log = logs.get_logger("flexbot.market.feed")
+
+TradeMessage = model.OrderStatusUpdate | model.ContractStatusUpdate | model.UnknownMessage
+
+
+@frozen
+class TradeEvent:
+    message: TradeMessage
+    source: Literal["ws", "reconcile"] = "ws"
+
+
+class OrderSource(Protocol):
+    def open_orders(self) -> Mapping[str, model.Order | None]:
+        """Every order the caller considers open, with its last known state (None: never seen)."""
+        ...
+
+
+class NoOrders:
+    """An `OrderSource` that tracks nothing (the `watch` command)."""
+
+    def open_orders(self) -> Mapping[str, model.Order | None]:
+        return {}
+
+
+_BOOK_UNKNOWN = b""  # what the conflator holds after a disconnect
+
+
+@frozen
+class FeedSettings:
+    streams: StreamSettings
+    ticker_buffer: int = 1024
+    trade_buffer: int = 1024
+    poll_interval_s: float = 2.0
+    trade_silence_s: float = 60.0
+    reconcile_in_flight: int = 4
+
+
+class MarketFeed:
+    def __init__(
+        self,
+        settings: FeedSettings,
+        client: MarketClient | None,
+        tokens: TokenManager | None,
+        *,
+        orders: OrderSource | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        endpoints: tuple[Endpoint, ...] = tuple(Endpoint),
+    ) -> None:
+        if Endpoint.TRADE in endpoints and (client is None or tokens is None):
+            raise ValueError("/trade needs a token and a REST client (for reconciliation)")
+        self.settings = settings
+        self._client = client
+        self._orders = orders or NoOrders()
+        self._books: Conflator[str | bytes] = Conflator()
+        self.ticker: DropOldest[model.Message] = DropOldest(settings.ticker_buffer)
+        self._trade_in, self.trade = trio.open_memory_channel[TradeEvent](settings.trade_buffer)
+        self.consumers: dict[Endpoint, StreamConsumer] = {}
+        sinks = {
+            Endpoint.TRADE: self._on_trade_frame,
+            Endpoint.TICKER: self._on_ticker_frame,
+            Endpoint.ORDERBOOK: self._on_book_frame,
+        }
+        hooks = {Endpoint.TRADE: self._reconcile_on_connect}
+        for endpoint in endpoints:
+            self.consumers[endpoint] = StreamConsumer(
+                endpoint,
+                settings.streams,
+                sinks[endpoint],
+                tokens=tokens,
+                ssl_context=ssl_context,
+                on_connect=hooks.get(endpoint),
+                on_disconnect=self._book_unknown if endpoint is Endpoint.ORDERBOOK else None,
+            )
+        self.book_decode_failures = 0
+        self.reconciled_events = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            for consumer in self.consumers.values():
+                await nursery.start(consumer.run)
+            if Endpoint.TRADE in self.consumers:
+                nursery.start_soon(self._poll_while_trade_is_unreliable)
+            task_status.started()
+
+    # --- order book -----------------------------------------------------------------------------
+
+    async def _on_book_frame(self, frame: str | bytes) -> None:
+        self._books.put(frame)
+
+    async def _book_unknown(self) -> None:
+        self._books.put(_BOOK_UNKNOWN)
+
+    async def next_book(self) -> model.OrderBook | None:
+        """The newest book (waiting for one if none is new), or None when it is unknown."""
+        while True:
+            frame = await self._books.get()
+            if frame == _BOOK_UNKNOWN:
+                return None
+            stats = self.consumers[Endpoint.ORDERBOOK].stats
+            message = decode_frame(frame, Endpoint.ORDERBOOK, stats)
+            if isinstance(message, model.OrderBookUpdate):
+                _check_crossed(message.data)
+                return message.data
+            self.book_decode_failures += 1
+
+    @property
+    def books_replaced(self) -> int:
+        """Books overwritten before anyone read them (conflation at work)."""
+        return self._books.replaced
+
+    # --- ticker ---------------------------------------------------------------------------------
+
+    async def _on_ticker_frame(self, frame: str | bytes) -> None:
+        message = decode_frame(frame, Endpoint.TICKER, self.consumers[Endpoint.TICKER].stats)
+        if message is None or self.ticker.put(message):
+            return
+        if self.ticker.dropped == 1 or self.ticker.dropped % 100 == 0:  # log, but not each drop
+            log.warning("feed.ticker_dropped", dropped=self.ticker.dropped)
+
+    # --- trade and the order truth --------------------------------------------------------------
+
+    async def _on_trade_frame(self, frame: str | bytes) -> None:
+        message = decode_frame(frame, Endpoint.TRADE, self.consumers[Endpoint.TRADE].stats)
+        if isinstance(
+            message, model.OrderStatusUpdate | model.ContractStatusUpdate | model.UnknownMessage
+        ):
+            await self._trade_in.send(TradeEvent(message))
+
+    async def _reconcile_on_connect(self) -> None:
+        await self.reconcile()
+
+    async def reconcile(self) -> int:
+        """Fetch every open order the caller tracks; emit what differs. Returns events emitted."""
+        tracked = dict(self._orders.open_orders())
+        client = self._client
+        if not tracked or client is None:
+            return 0
+        fetched: dict[str, model.Order] = {}
+        limiter = trio.CapacityLimiter(self.settings.reconcile_in_flight)
+
+        async def fetch(order_id: str) -> None:
+            async with limiter:
+                try:
+                    fetched[order_id] = await client.get_order(order_id)
+                except NotFound:
+                    log.warning("reconcile.unknown_order", order_id=order_id)
+                except MarketError as exc:
+                    log.info("reconcile.fetch_failed", order_id=order_id, reason=str(exc))
+
+        async with trio.open_nursery() as nursery:
+            for order_id in tracked:
+                nursery.start_soon(fetch, order_id)
+        emitted = 0
+        for order_id, order in fetched.items():
+            for message in differences(tracked[order_id], order):
+                await self._trade_in.send(TradeEvent(message, source="reconcile"))
+                emitted += 1
+        if emitted:
+            log.info("reconcile.done", orders=len(tracked), events=emitted)
+        self.reconciled_events += emitted
+        return emitted
+
+    async def _poll_while_trade_is_unreliable(self) -> None:
+        trade = self.consumers[Endpoint.TRADE]
+        while True:
+            await trio.sleep(self.settings.poll_interval_s)
+            silent_for = trio.current_time() - trade.last_frame_at
+            if not trade.connected or silent_for > self.settings.trade_silence_s:
+                await self.reconcile()
+
+
+def differences(known: model.Order | None, current: model.Order) -> list[TradeMessage]:
+    """The events that take a consumer from `known` to `current` (contracts first, as the market
+    sends them: a fill's contract, then the order's new status)."""
+    out: list[TradeMessage] = []
+    known_contracts = {c.contract_id: c for c in known.contracts} if known else {}
+    for contract in current.contracts:
+        if known_contracts.get(contract.contract_id) != contract:
+            out.append(model.ContractStatusUpdate(data=contract, name=str(contract.status)))
+    if known is None or known.status != current.status or out:
+        out.append(model.OrderStatusUpdate(data=current, name=str(current.status)))
+    return out
+
+
+def _check_crossed(book: model.OrderBook) -> None:
+    """A crossed book (best bid >= best ask in one window and country) is logged as an anomaly:
+    the market may leave one crossed (no self-trade, all-or-nothing sells), so it is not fatal."""
+    best_bid: dict[tuple[object, ...], float] = {}
+    for entry in book.flat_bids():
+        key = (entry.delivery_start, entry.delivery_end, entry.location.country_code)
+        best_bid.setdefault(key, float(entry.price))
+    for entry in book.flat_asks():
+        key = (entry.delivery_start, entry.delivery_end, entry.location.country_code)
+        bid = best_bid.get(key, -math.inf)
+        if bid >= float(entry.price):
+            log.info(
+                "book.crossed",
+                delivery_start=wire.format_datetime(entry.delivery_start),
+                bid=bid,
+                ask=float(entry.price),
+            )
+            return

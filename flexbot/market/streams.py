@@ -1,0 +1,259 @@
+"""WebSocket consumers: one per endpoint, reconnecting forever, never silently dead.
+
+Each `StreamConsumer` connects (a fresh token on every connect, as the official client sends it,
+even on public endpoints), checks the control message, then reads frames and hands them to a sink,
+while a companion task pings every `ping_interval_s` and declares the link dead after `missed_pongs`
+unanswered pings or `silence_s` without any frame. Any failure ends the connection, never the
+consumer: it logs `ws.disconnected` with the reason, waits a capped, fully jittered backoff
+(`ws.reconnecting`) and connects again; once a connection has been up for `stable_after_s`, the
+backoff starts over. A frame that cannot be decoded is counted and logged, never fatal.
+
+Endpoints are declared in one table (`DECODERS`), cryptofeed-style: what each endpoint carries and
+how it is turned into events. The sinks decide delivery (see `flexbot.market.feed`).
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+import ssl
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+from attrs import define, field, frozen
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    HandshakeError,
+    WebSocketConnection,
+    open_websocket_url,
+)
+
+from flexbot import logs, model, wire
+from flexbot.market.auth import TokenManager
+from flexbot.market.backoff import Backoff, Retrying
+from flexbot.problems import Invalid
+
+log = logs.get_logger("flexbot.market.streams")
+
+
+class Endpoint(enum.StrEnum):
+    TRADE = "trade"
+    TICKER = "ticker"
+    ORDERBOOK = "orderbook"
+
+    @property
+    def path(self) -> str:
+        return f"/api/v1/ws/{self.value}"
+
+
+# What each endpoint may carry. Anything else is counted as unexpected but still delivered, so a
+# new message type from the market reaches the strategies instead of vanishing here.
+EXPECTED: dict[Endpoint, frozenset[str]] = {
+    Endpoint.TRADE: frozenset({"order_status_update", "contract_status_update"}),
+    Endpoint.TICKER: frozenset({"ticker_update", "expired_order_update"}),
+    Endpoint.ORDERBOOK: frozenset({"orderbook_update"}),
+}
+
+
+class StreamDead(Exception):
+    """The link is gone or not trustworthy any more; the consumer reconnects."""
+
+
+@frozen
+class StreamSettings:
+    ws_url: str  # ws(s)://host[:port], no path
+    ping_interval_s: float = 20.0
+    missed_pongs: int = 3
+    silence_s: float = 120.0
+    connect_timeout_s: float = 10.0
+    close_timeout_s: float = 2.0
+    stable_after_s: float = 60.0
+    backoff: Backoff = field(factory=lambda: Backoff(base_s=0.5, cap_s=30.0))
+    max_message_bytes: int = 16 * 1024 * 1024
+
+
+@define
+class StreamStats:
+    connects: int = 0
+    disconnects: int = 0
+    frames: int = 0
+    bad_frames: int = 0
+    unexpected: int = 0
+    disconnect_reasons: Counter[str] = field(factory=Counter)
+
+
+# A sink receives each raw frame (bytes or str) and decides what to do with it; `on_connect` runs
+# after the control message of each new connection (reconciliation, book reset).
+FrameSink = Callable[[str | bytes], Awaitable[None]]
+ConnectHook = Callable[[], Awaitable[None]]
+
+
+class StreamConsumer:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        settings: StreamSettings,
+        sink: FrameSink,
+        *,
+        tokens: TokenManager | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        on_connect: ConnectHook | None = None,
+        on_disconnect: ConnectHook | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.settings = settings
+        self._sink = sink
+        self._tokens = tokens
+        self._ssl = ssl_context
+        self._on_connect = on_connect
+        self._on_disconnect = on_disconnect
+        self._rng = rng or random.Random()
+        self.stats = StreamStats()
+        self.connected = False
+        self.last_frame_at = 0.0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect and reconnect until cancelled. Reports started once the first attempt is made."""
+        retrying = Retrying(self.settings.backoff, self._rng)
+        task_status.started()
+        while True:
+            started = trio.current_time()
+            reason = await self._one_connection()
+            self.connected = False
+            up_for = trio.current_time() - started
+            if up_for >= self.settings.stable_after_s:
+                retrying.reset()
+            if self._on_disconnect is not None:
+                await self._on_disconnect()
+            delay = retrying.next_delay()
+            log.info(
+                "ws.reconnecting",
+                endpoint=str(self.endpoint),
+                attempt=retrying.attempt,
+                delay_s=round(delay, 3),
+                reason=reason,
+            )
+            await trio.sleep(delay)
+
+    async def _one_connection(self) -> str:
+        """One connection, from connect to its end; returns why it ended."""
+        url = self.settings.ws_url.rstrip("/") + self.endpoint.path
+        headers: list[tuple[bytes, bytes]] = []
+        if self._tokens is not None:
+            token = await self._tokens.token()
+            headers.append((b"Authorization", f"Bearer {token}".encode()))
+        try:
+            async with open_websocket_url(
+                url,
+                self._ssl,
+                extra_headers=headers,
+                message_queue_size=64,
+                max_message_size=self.settings.max_message_bytes,
+                connect_timeout=self.settings.connect_timeout_s,
+                disconnect_timeout=self.settings.close_timeout_s,
+            ) as ws:
+                return await self._session(ws)
+        except ConnectionRejected as exc:
+            if exc.status_code == 401 and self._tokens is not None:
+                await self._tokens.renew_after_401(token)
+            return self._ended(f"handshake refused with HTTP {exc.status_code}")
+        except (HandshakeError, OSError, trio.BrokenResourceError) as exc:
+            return self._ended(f"connect failed: {type(exc).__name__}: {exc}")
+
+    async def _session(self, ws: WebSocketConnection) -> str:
+        try:
+            await self._expect_control(ws)
+        except (StreamDead, ConnectionClosed) as exc:
+            return self._ended(f"no control message: {exc}")
+        self.connected = True
+        self.stats.connects += 1
+        self.last_frame_at = trio.current_time()
+        log.info("ws.connected", endpoint=str(self.endpoint))
+        ended: list[str] = []
+
+        async def until_it_ends(part: Callable[[WebSocketConnection], Awaitable[None]]) -> None:
+            # The reader and the watchdog end the connection the same way: the first reason wins.
+            try:
+                await part(ws)
+            except ConnectionClosed as exc:
+                why = exc.reason
+                detail = f"{why.code} {why.reason or why.name}" if why is not None else "no reason"
+                ended.append(f"closed: {detail}")
+            except StreamDead as exc:
+                ended.append(str(exc))
+            nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(until_it_ends, self._watchdog)
+            nursery.start_soon(until_it_ends, self._read)
+        return self._ended(ended[0] if ended else "ended")
+
+    async def _read(self, ws: WebSocketConnection) -> None:
+        if self._on_connect is not None:
+            await self._on_connect()
+        while True:
+            frame = await ws.get_message()
+            self.last_frame_at = trio.current_time()
+            self.stats.frames += 1
+            await self._sink(frame)
+
+    async def _expect_control(self, ws: WebSocketConnection) -> None:
+        with trio.move_on_after(self.settings.silence_s) as scope:
+            frame = await ws.get_message()
+        if scope.cancelled_caught:
+            raise StreamDead("no control message in time")
+        try:
+            message = wire.parse_message(frame)
+        except Invalid as exc:
+            raise StreamDead(f"unreadable control message: {exc}") from None
+        if not isinstance(message, model.Control) or message.status != "success":
+            raise StreamDead(f"expected a successful control message, got {frame!r:.200}")
+
+    async def _watchdog(self, ws: WebSocketConnection) -> None:
+        """Ping, and declare the link dead when pongs or frames stop coming."""
+        interval = self.settings.ping_interval_s
+        while True:
+            await trio.sleep(interval)
+            silent_for = trio.current_time() - self.last_frame_at
+            if silent_for > self.settings.silence_s:
+                raise StreamDead(f"silent for {silent_for:.1f} s")
+            with trio.move_on_after(interval * self.settings.missed_pongs) as scope:
+                await ws.ping()
+            if scope.cancelled_caught:
+                raise StreamDead(f"{self.settings.missed_pongs} pings unanswered")
+            self.last_frame_at = max(self.last_frame_at, trio.current_time())
+
+    def _ended(self, reason: str) -> str:
+        if self.connected:
+            self.stats.disconnects += 1
+        self.stats.disconnect_reasons[reason.split(":")[0]] += 1
+        log.info("ws.disconnected", endpoint=str(self.endpoint), reason=reason)
+        return reason
+
+
+def decode_frame(
+    frame: str | bytes, endpoint: Endpoint, stats: StreamStats
+) -> model.Message | None:
+    """Decode one frame into a typed message; None (counted and logged) when it is unreadable."""
+    try:
+        message = wire.parse_message(frame)
+    except Invalid as exc:
+        stats.bad_frames += 1
+        log.warning(
+            "ws.bad_message", endpoint=str(endpoint), error=str(exc)[:300], frame=_preview(frame)
+        )
+        return None
+    kind = message.type
+    if kind not in EXPECTED[endpoint]:
+        stats.unexpected += 1
+        log.info("ws.unexpected_message", endpoint=str(endpoint), type=kind)
+    return message
+
+
+def _preview(frame: Any) -> str:
+    text = frame.decode("utf-8", "replace") if isinstance(frame, bytes) else str(frame)
+    return text[:120]
