@@ -171,17 +171,19 @@ async def token(http: httpx.AsyncClient, user: str) -> dict[str, Any]:
     return body
 
 
-def meter_reading(start: datetime, end: datetime) -> dict[str, Any]:
+def meter_reading(
+    start: datetime, end: datetime, kwh: float = 0.25, metering_id: str = "m-1"
+) -> dict[str, Any]:
     steps = int((end - start) / timedelta(minutes=15))
     return {
-        "metering_id": "m-1",
+        "metering_id": metering_id,
         "created_at": fmt(start - timedelta(hours=1)),
         "reading_start": fmt(start),
         "reading_end": fmt(end),
         "resolution": 900,
         "unit_measured": "kWh",
         "data_points": [
-            {"timestamp": fmt(start + timedelta(minutes=15 * (i + 1))), "value": 0.25}
+            {"timestamp": fmt(start + timedelta(minutes=15 * (i + 1))), "value": kwh}
             for i in range(steps)
         ],
     }
@@ -189,17 +191,52 @@ def meter_reading(start: datetime, end: datetime) -> dict[str, Any]:
 
 # --- the quick start against a real process -------------------------------------------------------
 
+# The quick start runs a trade through to its settlement. Market time runs 3600 times as fast as the
+# wall clock, so one market hour is one wall second: the orders expire 1.5 market hours ahead (1.5 s
+# of wall time for the requests before it, far more than they need), and the quarter-hour delivery
+# window after that has ended about 2 s after the start. Metering is taken for 10 market hours after
+# the delivery end (10 s of wall time) and settlement follows 60 market seconds after verification.
+TIME_SCALE = 3600
+EXPIRY_AHEAD = timedelta(hours=1, minutes=30)
+METERING_DEADLINE_S = 36_000
+SETTLEMENT_DELAY_S = 60
+
+
+async def market_now(http: httpx.AsyncClient) -> datetime:
+    r = await http.get("/sandbox/clock")
+    assert r.status_code == 200, r.text
+    return parse_ts(r.json()["now"])
+
 
 async def test_quick_start_against_the_cli_sandbox_then_sigterm_exits_cleanly(
     tmp_path: Path,
 ) -> None:
-    async with running_sandbox(tmp_path, "--rate-limit", "50/1") as child:
+    args = [
+        "--rate-limit",
+        "50/1",
+        "--time-scale",
+        str(TIME_SCALE),
+        "--metering-deadline",
+        str(METERING_DEADLINE_S),
+        "--settlement-delay",
+        str(SETTLEMENT_DELAY_S),
+    ]
+    async with running_sandbox(tmp_path, *args) as child:
         tokens: list[str] = []
-        async with httpx.AsyncClient(base_url=child.base_url, timeout=10) as http:
-            now = parse_ts((await http.get("/sandbox/clock")).json()["now"])
-            start = ceil_quarter(now + timedelta(hours=1))
-            end = ceil_quarter(now + timedelta(hours=2))
-            expiry = now + timedelta(minutes=10)
+        sent: list[httpx.Request] = []
+
+        async def count(request: httpx.Request) -> None:
+            sent.append(request)
+
+        hooks = {"request": [count]}
+        async with httpx.AsyncClient(
+            base_url=child.base_url, timeout=10, event_hooks=hooks
+        ) as http:
+            # Every time comes from the sandbox's market clock, never from ours.
+            now = await market_now(http)
+            expiry = now + EXPIRY_AHEAD
+            start = ceil_quarter(expiry + timedelta(minutes=1))
+            end = start + timedelta(minutes=15)
 
             def order(side: str, power: float, price: float) -> dict[str, Any]:
                 return {
@@ -232,8 +269,8 @@ async def test_quick_start_against_the_cli_sandbox_then_sigterm_exits_cleanly(
             (contract,) = buy["contracts"]
             assert contract["sell_order_id"] == sell["order_id"]
             assert contract["price"] == 0.30
-            hours = (end - start) / timedelta(hours=1)
-            assert contract["energy"] == pytest.approx(1000.0 * hours)
+            assert contract["energy"] == 250.0  # 1000 W for a quarter hour, in Wh
+            assert contract["status"] == "created"
 
             r = await http.get(f"/api/v1/order/{buy['order_id']}", headers=bob)
             assert r.status_code == 200
@@ -256,18 +293,42 @@ async def test_quick_start_against_the_cli_sandbox_then_sigterm_exits_cleanly(
             r = await http.get(f"/api/v1/order/{waiting['order_id']}", headers=alice)
             assert r.json()["status"] == "matching_active"
 
+            # The seller meters the delivery: the whole promised kilowatt was shed.
             metering = {
                 "order_id": sell["order_id"],
                 "measurement_type": "metering",
-                "metering_data": meter_reading(start, end),
+                "metering_data": meter_reading(start, end, kwh=0.0, metering_id="m-2"),
             }
+            # Too early while the delivery is still ahead: 422 at measurement_type.
             r = await http.post("/api/v1/verification/metering", json=metering, headers=alice)
-            assert r.status_code == 200
+            assert r.status_code == 422, r.text
+            assert r.json()["detail"][0]["loc"] == ["body", "measurement_type"]
+            with trio.fail_after(READY_S):
+                while True:
+                    if await market_now(http) >= end:
+                        break
+                    await trio.sleep(0.02)
+            r = await http.post("/api/v1/verification/metering", json=metering, headers=alice)
+            assert r.status_code == 200, r.text
             assert r.json() == {
                 "order_id": sell["order_id"],
                 "measurement_type": "metering",
                 "status": "received",
             }
+            # Verified at once; paid after the settlement delay: price x delivered energy.
+            with trio.fail_after(READY_S):
+                while True:
+                    r = await http.get(f"/api/v1/order/{sell['order_id']}", headers=alice)
+                    assert r.status_code == 200, r.text
+                    (settled,) = r.json()["contracts"]
+                    if settled["status"] != "settlement_initiated":
+                        break
+                    await trio.sleep(0.05)
+            assert settled["status"] == "settlement_completed_success", settled
+            assert settled["verification_result"]["status"] == "completed_success"
+            assert settled["verification_result"]["result"]["delivered"] == 0.25
+            assert settled["settlement"]["amount_eur"] == pytest.approx(0.075)
+
             r = await http.get("/api/v1/order", headers={"Authorization": "Bearer wrong"})
             assert r.status_code == 401
         # Every request's log line is written after its response: wait for the last one.
@@ -283,7 +344,7 @@ async def test_quick_start_against_the_cli_sandbox_then_sigterm_exits_cleanly(
     assert names[-2:] == ["sandbox.stopping", "sandbox.stopped"]
     assert events[-2]["signal"] == "SIGTERM"
     requests = [e for e in events if e["event"] == "http.request"]
-    assert len(requests) == 12
+    assert len(requests) == len(sent)
     for e in requests:
         assert {"method", "path", "status", "user", "ms", "timestamp", "level"} <= set(e)
         assert isinstance(e["ms"], int | float)
@@ -291,6 +352,7 @@ async def test_quick_start_against_the_cli_sandbox_then_sigterm_exits_cleanly(
     assert ("POST", "/auth/oauth/v2/token", 200, "alice") in seen
     assert ("POST", "/api/v1/order/", 200, "bob") in seen
     assert ("DELETE", f"/api/v1/order/{buy['order_id']}", 200, "bob") in seen
+    assert ("POST", "/api/v1/verification/metering", 422, "alice") in seen
     assert ("POST", "/api/v1/verification/metering", 200, "alice") in seen
     assert ("GET", "/api/v1/order", 401, None) in seen
     assert "Traceback" not in stdout + stderr

@@ -535,13 +535,15 @@ async def test_bearer_scheme_is_case_insensitive_and_spacing_tolerant(
 
 @pytest.mark.parametrize("slash", ["", "/"], ids=["no-slash", "slash"])
 async def test_every_rest_route_answers_with_and_without_trailing_slash(
-    http: httpx.AsyncClient, slash: str
+    http: httpx.AsyncClient, sandbox: Sandbox, slash: str
 ) -> None:
-    alice = await bearer(http)
+    alice, bob = await bearer(http, "alice"), await bearer(http, "bob")
 
-    async def call(method: str, path: str, body: Any = None) -> httpx.Response:
+    async def call(
+        method: str, path: str, body: Any = None, auth: dict[str, str] | None = None
+    ) -> httpx.Response:
         r = await http.request(
-            method, path + slash, json=body, headers=alice, follow_redirects=False
+            method, path + slash, json=body, headers=auth or alice, follow_redirects=False
         )
         assert not 300 <= r.status_code < 400, (method, path, r.status_code)
         assert r.status_code == 200, (method, path, r.status_code, r.text)
@@ -555,9 +557,17 @@ async def test_every_rest_route_answers_with_and_without_trailing_slash(
     assert [o["order_id"] for o in listed] == [order_id]
     r = await call("POST", "/api/v1/verification/baseline", verification(order_id, "baseline"))
     assert r.json()["measurement_type"] == "baseline"
-    r = await call("POST", "/api/v1/verification/metering", verification(order_id, "metering"))
+    # Metering needs a contract and the end of its delivery: Bob's buy takes the sell, the rest
+    # of the buy is cancelled, then market time passes the delivery end.
+    buy = (await call("POST", "/api/v1/order", order_body("buy", 2000.0, 0.50), bob)).json()
+    assert buy["status"] == "partial_filled"
+    r = await call("DELETE", f"/api/v1/order/{buy['order_id']}", auth=bob)
+    assert r.json()["status"] == "cancelled"
+    sandbox.advance((parse_ts(END) - MARKET_START).total_seconds())
+    alice = await bearer(http, "alice")  # the first token has expired meanwhile
+    metering = verification(order_id, "metering", kwh=0.0)
+    r = await call("POST", "/api/v1/verification/metering", metering)
     assert r.json()["measurement_type"] == "metering"
-    assert (await call("DELETE", f"/api/v1/order/{order_id}")).json()["status"] == "cancelled"
     for path in ("/sandbox/clock", "/sandbox/orders", "/sandbox/stats"):
         await call("GET", path)
 
@@ -704,11 +714,6 @@ INVALID_ORDERS: list[Any] = [
         {"start": "2026-11-23T11:00:00.000000001Z"},
         ["delivery_start"],
         id="start-one-nanosecond-off-grid",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="sandbox bug: fractions beyond microseconds are truncated, so a start 1 ns "
-            "after the grid passes as on the grid",
-        ),
     ),
     pytest.param(
         {"start": "2026-11-23T09:00:00Z", "end": "2026-11-23T09:45:00Z"},
@@ -778,10 +783,6 @@ async def test_past_delivery_start_is_reported_as_in_the_past(http: httpx.AsyncC
         pytest.param(
             "location",
             {"location_id": "loc-1", "country_code": "DE"},
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="sandbox bug: a string location_id is split into characters, not rejected",
-            ),
             id="location-id-string",
         ),
         ("baseline", "yes"),
@@ -957,8 +958,9 @@ async def test_verification_for_a_foreign_or_unknown_order_is_404(http: httpx.As
     assert (await get_order(http, alice, sell["order_id"]))["status"] == "awaiting_baseline_data"
 
 
+@with_market(token_ttl_s=86400)
 async def test_baseline_can_be_replaced_until_the_order_matches_then_409(
-    http: httpx.AsyncClient,
+    http: httpx.AsyncClient, sandbox: Sandbox
 ) -> None:
     alice, bob = await bearer(http, "alice"), await bearer(http, "bob")
     sell = await submit(http, alice, order_body())
@@ -977,13 +979,23 @@ async def test_baseline_can_be_replaced_until_the_order_matches_then_409(
         r = await http.post(route, json=verification(sell_id, kwh=0.75), headers=alice)
         assert r.status_code == 409, r.text
         assert isinstance(r.json()["detail"], str)
+    # The current baseline again is no change: 200, and counted as a duplicate.
+    r = await http.post(path, json=verification(sell_id, kwh=0.5), headers=alice)
+    assert r.status_code == 200, r.text
     order = await get_order(http, alice, sell_id)
     assert {p["value"] for p in order["baseline"]["data_points"]} == {0.5}
-    # Metering is still welcome after the match.
-    r = await http.post(
-        "/api/v1/verification/metering", json=verification(sell_id, "metering"), headers=alice
-    )
-    assert r.status_code == 200
+    stats = (await http.get("/sandbox/stats")).json()
+    assert stats["verification_submissions"] == {sell_id: {"baseline": 2}}
+    assert stats["verification_duplicates"] == {sell_id: {"baseline": 1}}
+    # Metering is still welcome after the match, once the delivery has ended.
+    metering = verification(sell_id, "metering", kwh=0.25)
+    r = await http.post("/api/v1/verification/metering", json=metering, headers=alice)
+    assert ["body", "measurement_type"] in locs(r)
+    sandbox.advance((parse_ts(END) - MARKET_START).total_seconds())
+    r = await http.post("/api/v1/verification/metering", json=metering, headers=alice)
+    assert r.status_code == 200, r.text
+    order = await get_order(http, alice, sell_id)
+    assert {p["value"] for p in order["baseline"]["data_points"]} == {0.5}
 
 
 # --- §3 rate limiting ----------------------------------------------------------------------------
@@ -1184,11 +1196,14 @@ async def test_an_order_reads_expired_once_market_time_passes_its_expiry(
     assert ["body", "expiry_time"] in locs(r)
 
 
-async def test_metering_submission_is_received(http: httpx.AsyncClient) -> None:
+@with_market(token_ttl_s=86400)
+async def test_metering_submission_is_received(http: httpx.AsyncClient, sandbox: Sandbox) -> None:
     alice, bob = await bearer(http, "alice"), await bearer(http, "bob")
     sell = await submit(http, alice, order_body(baseline=meter_reading()))
     await submit(http, bob, order_body("buy", price=0.50))
     body = verification(sell["order_id"], "metering", kwh=0.2)
+    # Metering is taken after the delivery end (spec §7 "metering goes after delivery").
+    sandbox.advance((parse_ts(END) - MARKET_START).total_seconds())
 
     r = await http.post("/api/v1/verification/metering", json=body, headers=alice)
 
@@ -1253,20 +1268,16 @@ async def test_sandbox_orders_shows_every_users_orders(http: httpx.AsyncClient) 
     assert orders[buy["order_id"]]["contracts"] == buy["contracts"]
 
 
-async def test_sandbox_stats_count_what_happened(http: httpx.AsyncClient) -> None:
+@with_market(token_ttl_s=86400)
+async def test_sandbox_stats_count_what_happened(http: httpx.AsyncClient, sandbox: Sandbox) -> None:
     alice, bob = await bearer(http, "alice"), await bearer(http, "bob")
     sell = await submit(http, alice, order_body())
-    await http.post(
-        "/api/v1/verification/metering", json=verification(sell["order_id"]), headers=alice
-    )
-    await http.post(
-        "/api/v1/verification/baseline", json=verification(sell["order_id"]), headers=alice
-    )
-    await http.post(
-        "/api/v1/verification/metering",
-        json=verification(sell["order_id"], "metering"),
-        headers=alice,
-    )
+    sell_id = sell["order_id"]
+    baseline = verification(sell_id)
+    metering = verification(sell_id, "metering", kwh=0.0)
+    await http.post("/api/v1/verification/metering", json=baseline, headers=alice)
+    await http.post("/api/v1/verification/baseline", json=baseline, headers=alice)  # duplicate
+    await http.post("/api/v1/verification/metering", json=metering, headers=alice)  # 409 unmatched
     buy = await submit(http, bob, order_body("buy", price=0.5))
     await get_order(http, bob, buy["order_id"])
     await http.get(f"/api/v1/order/{buy['order_id']}/", headers=alice)  # 404
@@ -1275,24 +1286,44 @@ async def test_sandbox_stats_count_what_happened(http: httpx.AsyncClient) -> Non
     await http.post("/api/v1/order", json={"side": "sell"}, headers=alice)  # 422
     await http.get("/api/v1/order")  # 401
     await http.get("/no/such/route")
+    await http.post("/api/v1/verification/metering", json=metering, headers=alice)  # 422 early
+    sandbox.advance((parse_ts(END) - MARKET_START).total_seconds())
+    await http.post("/api/v1/verification/metering", json=metering, headers=alice)
+    await http.post("/api/v1/verification/metering", json=metering, headers=alice)  # duplicate
 
     r = await http.get("/sandbox/stats")
 
     assert r.status_code == 200
     stats = r.json()
+    assert set(stats) == {
+        "requests",
+        "orders_by_status",
+        "contracts",
+        "verification_submissions",
+        "verification_duplicates",
+        "contracts_by_status",
+        "faults",
+        "websocket",
+    }
     assert stats["requests"] == {
         "POST /auth/oauth/v2/token": {"200": 2},
         "POST /api/v1/order": {"200": 3, "422": 1},
         "GET /api/v1/order": {"401": 1},
         "GET /api/v1/order/{order_id}": {"200": 1, "404": 1},
         "DELETE /api/v1/order/{order_id}": {"200": 1},
-        "POST /api/v1/verification/metering": {"200": 2},
+        "POST /api/v1/verification/metering": {"200": 3, "409": 1, "422": 1},
         "POST /api/v1/verification/baseline": {"200": 1},
         "GET unmatched": {"404": 1},
     }
     assert stats["orders_by_status"] == {"cancelled": 1, "filled": 2}
     assert stats["contracts"] == 1
-    assert stats["verification_submissions"] == {sell["order_id"]: {"baseline": 2, "metering": 1}}
+    # Each measurement is counted once; identical resubmissions are counted apart.
+    assert stats["verification_submissions"] == {sell_id: {"baseline": 1, "metering": 1}}
+    assert stats["verification_duplicates"] == {sell_id: {"baseline": 1, "metering": 1}}
+    # The metering showed the promised reduction: verified, settlement under way.
+    assert stats["contracts_by_status"] == {"settlement_initiated": 1}
+    assert stats["faults"]["injected"] == {}
+    assert set(stats["faults"]["settings"]) >= {"rest_error_rate", "ws_drop_every"}
 
 
 # --- TLS ------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ client not knowing whether its order exists, which is the case that matters.
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -38,13 +39,13 @@ AMBIGUOUS_MODES = ("504", "hang")
 
 # Validators raise located problems, so a bad `POST /sandbox/faults` body says which field is wrong.
 def _share(instance: Any, attribute: attrs.Attribute[float], value: float) -> None:
-    if not 0 <= value <= 1:
+    if not 0 <= value <= 1:  # NaN fails this too
         raise Invalid.single((attribute.name,), f"must be a share between 0 and 1, got {value}")
 
 
 def _non_negative(instance: Any, attribute: attrs.Attribute[float], value: float) -> None:
-    if value < 0:
-        raise Invalid.single((attribute.name,), f"must not be negative, got {value}")
+    if not (value >= 0 and math.isfinite(value)):
+        raise Invalid.single((attribute.name,), f"must be a finite number >= 0, got {value}")
 
 
 def _ambiguous_mode(instance: Any, attribute: attrs.Attribute[str], value: str) -> None:

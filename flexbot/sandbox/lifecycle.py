@@ -33,6 +33,7 @@ from flexbot.rules import MARKET_TIME_UNIT_S
 from flexbot.sandbox.matching import BookOrder, Event, Matcher, OrderChanged
 
 _KWH = Decimal(1000)
+_INSTANT = timedelta(microseconds=1)
 
 
 class MeteringRefused(Exception):
@@ -50,18 +51,39 @@ class LifecycleRules:
     settlement_delay_s: int = 300
 
 
-def window_energy_kwh(
-    reading: model.MeterReading, start: datetime, end: datetime
-) -> Decimal | None:
-    """Energy inside (start, end] in kWh, or None when the reading does not cover the window."""
+_UNIT_KWH = {"kWh": Decimal(1), "Wh": _KWH}
+
+
+class ReadingRejected(Exception):
+    """A baseline or metering series that cannot be judged for the window; says why."""
+
+
+def window_energy_kwh(reading: model.MeterReading, start: datetime, end: datetime) -> Decimal:
+    """Energy of the delivery window in kWh: one point for each quarter hour of it.
+
+    A point stamps the end of its interval (spec §7); a series stamped at interval starts is
+    read as such too, since the docs are not consistent. Points outside the window are ignored
+    (a series may cover more); a missing, repeated or off-grid point inside it rejects the series.
+    """
     if reading.resolution != MARKET_TIME_UNIT_S:
-        return None
-    inside = [p.value for p in reading.data_points if start < p.timestamp <= end]
-    expected = int((end - start).total_seconds()) // MARKET_TIME_UNIT_S
-    if len(inside) != expected:
-        return None
-    total = sum(inside, Decimal(0))
-    return total / _KWH if reading.unit_measured == "Wh" else total
+        raise ReadingRejected(f"resolution is {reading.resolution} s, not {MARKET_TIME_UNIT_S} s")
+    unit = _UNIT_KWH.get(reading.unit_measured)
+    if unit is None:
+        raise ReadingRejected(f"unknown unit {reading.unit_measured!r} (kWh or Wh)")
+    stamps = [p.timestamp for p in reading.data_points]
+    if len(set(stamps)) != len(stamps):
+        raise ReadingRejected("a timestamp appears twice")
+    values = {p.timestamp: p.value for p in reading.data_points}
+    step = timedelta(seconds=MARKET_TIME_UNIT_S)
+    count = int((end - start) / step)
+    ends = [start + step * (i + 1) for i in range(count)]
+    starts = [start + step * i for i in range(count)]
+    inside = {t for t in values if start <= t <= end}
+    for expected in (ends, starts):
+        # Beyond the expected stamps, only a neighbour interval's stamp on the edge may appear.
+        if set(expected) <= inside and inside - set(expected) <= {start, end}:
+            return sum((values[t] for t in expected), Decimal(0)) / unit
+    raise ReadingRejected("it does not hold one point for each quarter hour of the window")
 
 
 class ContractLifecycle:
@@ -74,14 +96,18 @@ class ContractLifecycle:
         self._metering: dict[str, model.MeterReading] = {}  # by sell order id
         self._due: list[tuple[datetime, int, str]] = []  # (when, tie-breaker, contract id)
         self._seq = 0
+        self._settle_at: dict[str, datetime] = {}  # contract id -> when its settlement completes
 
     # --- inputs ---------------------------------------------------------------------------------
 
     def track(self, contract: model.Contract) -> None:
         """A new contract: its first step is due at delivery end."""
         self._schedule(contract.delivery_end, contract.contract_id)
-        deadline = contract.delivery_end + timedelta(seconds=self.rules.metering_deadline_s)
-        self._schedule(deadline, contract.contract_id)
+        # The deadline is inclusive: metering at the deadline itself still counts.
+        self._schedule(self._deadline(contract) + _INSTANT, contract.contract_id)
+
+    def _deadline(self, contract: model.Contract) -> datetime:
+        return contract.delivery_end + timedelta(seconds=self.rules.metering_deadline_s)
 
     def record_metering(self, order: BookOrder, reading: model.MeterReading, now: datetime) -> bool:
         """Take the seller's metering. True if new, False for an identical resubmission."""
@@ -98,8 +124,7 @@ class ContractLifecycle:
                 f"metering is accepted after delivery end ({contract.delivery_end.isoformat()})",
                 invalid=True,
             )
-        deadline = contract.delivery_end + timedelta(seconds=self.rules.metering_deadline_s)
-        if now > deadline or _is_verified(contract):
+        if now > self._deadline(contract) or _is_verified(contract):
             raise MeteringRefused(f"the metering deadline for order {order.order_id} has passed")
         self._metering[order.order_id] = reading
         self._schedule(now, contract.contract_id)
@@ -126,17 +151,17 @@ class ContractLifecycle:
             status = contract.status
         if status is ContractStatus.VERIFICATION_INITIATED:
             reading = self._metering.get(contract.sell_order_id)
-            deadline = contract.delivery_end + timedelta(seconds=self.rules.metering_deadline_s)
             if reading is not None:
                 self._verify(contract, reading, now, events)
-            elif now >= deadline:
+            elif now > self._deadline(contract):
                 self._fail(contract, "metering missing at the deadline", None, now, events)
         elif status is ContractStatus.SETTLEMENT_INITIATED:
+            settle_at = self._settle_at.get(contract.contract_id)
+            if settle_at is None or now < settle_at:
+                return  # another step of this contract came due (e.g. the metering deadline)
             settlement = contract.settlement
             assert settlement is not None
-            done = attrs.evolve(
-                settlement, status=model.SettlementStatus.COMPLETED_SUCCESS, created_at=now
-            )
+            done = attrs.evolve(settlement, status=model.SettlementStatus.COMPLETED_SUCCESS)
             self._update(
                 contract, ContractStatus.SETTLEMENT_COMPLETED_SUCCESS, events, settlement=done
             )
@@ -151,18 +176,22 @@ class ContractLifecycle:
         sell = self.matcher.order(contract.sell_order_id)
         start, end = contract.delivery_start, contract.delivery_end
         scheduled = contract.energy / _KWH
-        baseline = window_energy_kwh(sell.baseline, start, end) if sell.baseline else None
-        metering = window_energy_kwh(reading, start, end)
-        if baseline is None:
-            self._fail(
-                contract, "baseline rejected: it does not cover the window", None, now, events
-            )
+        if sell.baseline is None:
+            self._fail(contract, "baseline rejected: there is none", None, now, events)
             return
-        if metering is None:
-            self._fail(contract, "metering does not cover the delivery window", None, now, events)
+        try:
+            baseline = window_energy_kwh(sell.baseline, start, end)
+        except ReadingRejected as exc:
+            self._fail(contract, f"baseline rejected: {exc}", None, now, events)
+            return
+        try:
+            metering = window_energy_kwh(reading, start, end)
+        except ReadingRejected as exc:
+            self._fail(contract, f"metering does not cover the window: {exc}", None, now, events)
             return
         delivered = abs(baseline - metering)
-        pct = (Decimal(100) * delivered / scheduled).quantize(Decimal("0.01"))
+        exact_pct = Decimal(100) * delivered / scheduled
+        pct = exact_pct.quantize(Decimal("0.01"))  # reported rounded, judged exact
         result = model.VerificationResult(
             created_at=now,
             baseline=model.EnergyAmount(baseline),
@@ -171,7 +200,7 @@ class ContractLifecycle:
             delivered=delivered,
             delivered_percentage=pct,
         )
-        if pct < self.rules.min_delivered_pct:
+        if exact_pct < self.rules.min_delivered_pct:
             reason = (
                 f"delivered {pct}% of the scheduled energy, below {self.rules.min_delivered_pct}%"
             )
@@ -188,7 +217,9 @@ class ContractLifecycle:
             created_at=now,
         )
         self._update(contract, ContractStatus.SETTLEMENT_INITIATED, events, settlement=settlement)
-        self._schedule(now + timedelta(seconds=self.rules.settlement_delay_s), contract.contract_id)
+        settle_at = now + timedelta(seconds=self.rules.settlement_delay_s)
+        self._settle_at[contract.contract_id] = settle_at
+        self._schedule(settle_at, contract.contract_id)
 
     def _fail(
         self,

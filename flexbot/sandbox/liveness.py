@@ -10,19 +10,23 @@ hypercorn a WebSocket stream that:
 - stops answering client pings while the `ws_no_pong` fault is on (a half-open link that looks
   alive).
 
-It only acts for servers started with a `SandboxConfig`; for any other hypercorn config it is the
-stock stream. Hypercorn has no hook for this, so `install()` points hypercorn's HTTP/1 and HTTP/2
-protocols at the subclass; it relies on hypercorn's `WSStream` internals, hence the version pin.
+`SandboxConfig` also bounds how long a connection may stall on a peer that stops reading (the
+kernel's `TCP_USER_TIMEOUT`), the one way to unblock a write that hypercorn shields from
+cancellation. The stream only acts for servers started with a `SandboxConfig`; for any other
+hypercorn config it is the stock stream. Hypercorn has no hook for this, so `install()` points
+hypercorn's HTTP/1 and HTTP/2 protocols at the subclass; it relies on hypercorn's `WSStream`
+internals, hence the version pin.
 """
 
 from __future__ import annotations
 
+import socket
 from collections import Counter
 from collections.abc import Generator
 
 import hypercorn.protocol.h2
 import hypercorn.protocol.h11
-from hypercorn.config import Config
+from hypercorn.config import Config, Sockets
 from hypercorn.protocol.events import StreamClosed
 from hypercorn.protocol.ws_stream import WSStream
 from hypercorn.typing import WebsocketAcceptEvent
@@ -38,6 +42,20 @@ class SandboxConfig(Config):
     ws_missed_pongs: int = 3
     faults: Faults | None = None
     ws_stats: Counter[str] | None = None
+    # A peer that has not acknowledged our data for this long is cut off by the kernel. Without
+    # it, a client that stops reading blocks hypercorn's (shielded, uncancellable) socket write
+    # for ever: its close frame never leaves, and neither does a graceful shutdown.
+    stall_timeout_s: float | None = 10.0
+
+    def create_sockets(self) -> Sockets:
+        sockets = super().create_sockets()
+        if self.stall_timeout_s and hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux
+            for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
+                # Accepted connections inherit it from the listening socket.
+                sock.setsockopt(
+                    socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(self.stall_timeout_s * 1000)
+                )
+        return sockets
 
 
 class LiveWSStream(WSStream):

@@ -36,6 +36,7 @@ class ServerSettings:
     ws_ping_interval_s: float | None = 30.0  # None: the server sends no pings
     ws_missed_pongs: int = 3
     ws_queue_size: int = 256  # messages queued per connection before it is cut off
+    stall_timeout_s: float | None = 10.0  # a peer that stops reading is cut off after this
 
 
 @frozen
@@ -57,6 +58,7 @@ def _hypercorn_config(
     config.ws_missed_pongs = settings.ws_missed_pongs
     config.faults = market.faults
     config.ws_stats = hub.stats
+    config.stall_timeout_s = settings.stall_timeout_s
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     config.bind = [f"{host}:{settings.port}"]
     config.accesslog = None  # RequestLog writes one structured line per request instead
