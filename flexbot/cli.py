@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from flexbot import logs
-from flexbot.commands import UsageError, orders, sandbox, watch
+from flexbot.commands import UsageError, check_config, orders, sandbox, watch
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_parser(sub)
     orders.add_parser(sub)
     watch.add_parser(sub)
+    check_config.add_parser(sub)
     return parser
 
 

@@ -193,14 +193,31 @@ _PREPROCESS: Mapping[type, Callable[[Mapping[str, Any]], Mapping[str, Any]]] = {
 }
 
 
-def _object_hook(conv: cattrs.Converter, cls: type[T]) -> Callable[[object, type], T]:
+def _object_hook(
+    conv: cattrs.Converter, forbid_extra_keys: bool, cls: type[T]
+) -> Callable[[object, type], T]:
     fields_fn = make_dict_structure_fn(cls, conv)
     preprocess = _PREPROCESS.get(cls)
+    known = [a.alias or a.name for a in attrs.fields(cls)]  # type: ignore[arg-type]
 
     def structure(value: object, _: type) -> T:
         if not isinstance(value, Mapping):
             raise TypeError(f"expected an object, got {_kind(value)}")
-        return fields_fn(preprocess(value) if preprocess else value, cls)
+        value = preprocess(value) if preprocess else value
+        if forbid_extra_keys:
+            expected = ", ".join(known)
+            problems = [
+                Problem((str(k),), f"unknown key (expected one of: {expected})")
+                for k in value
+                if k not in known
+            ]
+            if problems:  # report the fields' own problems in the same breath
+                try:
+                    fields_fn(value, cls)
+                except (cattrs.BaseValidationError, ValueError, TypeError, KeyError) as exc:
+                    problems += _problems(exc, ())
+                raise Invalid(problems)
+        return fields_fn(value, cls)
 
     return structure
 
@@ -267,7 +284,7 @@ _TOLERANT_ENUMS: tuple[type[enum.StrEnum], ...] = (
 _STRICT_ENUMS: tuple[type[enum.StrEnum], ...] = (model.Side, model.MeasurementType)
 
 
-def _make_converter() -> cattrs.Converter:
+def _make_converter(*, forbid_extra_keys: bool = False) -> cattrs.Converter:
     conv = cattrs.Converter(detailed_validation=True)
     conv.register_structure_hook(str, _structure_str)
     conv.register_structure_hook(bool, _structure_bool)
@@ -283,7 +300,7 @@ def _make_converter() -> cattrs.Converter:
         conv.register_structure_hook(tolerant | str, _tolerant_enum(tolerant))
         conv.register_unstructure_hook(tolerant, lambda member: member.value)
 
-    conv.register_structure_hook_factory(attrs.has, partial(_object_hook, conv))
+    conv.register_structure_hook_factory(attrs.has, partial(_object_hook, conv, forbid_extra_keys))
     conv.register_structure_hook_factory(_is_homogeneous_tuple, partial(_list_hook, conv))
     conv.register_structure_hook_factory(_is_str_mapping, partial(_mapping_hook, conv))
     conv.register_unstructure_hook(
@@ -294,6 +311,8 @@ def _make_converter() -> cattrs.Converter:
 
 
 CONVERTER = _make_converter()
+# Configuration is ours, not the market's: an unknown key there is a typo, so it is an error.
+STRICT_CONVERTER = _make_converter(forbid_extra_keys=True)
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -317,12 +336,14 @@ def _problems(exc: BaseException, loc: Loc) -> Iterator[Problem]:
         yield Problem(loc, str(exc), "value_error")
 
 
-def structure(data: Any, cls: type[T], *, loc: Loc = ()) -> T:
+def structure(
+    data: Any, cls: type[T], *, loc: Loc = (), converter: cattrs.Converter = CONVERTER
+) -> T:
     """Turn decoded JSON into `cls`, or raise `Invalid` listing every located problem."""
     if not isinstance(data, dict) and attrs_has(cls):
         raise Invalid.single(loc, f"expected an object, got {_kind(data)}", "type_error")
     try:
-        return CONVERTER.structure(data, cls)
+        return converter.structure(data, cls)
     except (cattrs.BaseValidationError, ValueError, TypeError, KeyError) as exc:
         raise Invalid(list(_problems(exc, loc))) from None
 

@@ -1,9 +1,9 @@
 """Where the market is and who we are, for the commands that talk to it (`orders`, `watch`).
 
-Flags win over environment variables: `--url`/`FLEXBOT_URL` (default: a local sandbox),
-`--user`/`FLEXBOT_USER`, and the password from `--password-file`, `FLEXBOT_PASSWORD` or the systemd
-credential `flexbot-password`, in that order. `--ca-bundle` adds a CA to trust (a sandbox run with
-`--tls` prints the one to use).
+Each setting comes from the first of: a flag, the daemon's config file (`--config` or
+`FLEXBOT_CONFIG`, its `market` section), the environment (`FLEXBOT_URL`, `FLEXBOT_USER`, and the
+password from `FLEXBOT_PASSWORD` or the systemd credential `flexbot-password`). Without any, the
+URL is a local sandbox. `--ca-bundle` adds a CA to trust (a sandbox run with `--tls` prints one).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import argparse
 import os
 from pathlib import Path
 
+from flexbot import config
 from flexbot.commands import UsageError
 from flexbot.commands.argtypes import positive_float
 from flexbot.market import ConnectionSettings, CredentialsMissing, Secret, resolve_password
@@ -22,52 +23,61 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 def add_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("market connection")
     group.add_argument(
-        "--url",
-        default=os.environ.get("FLEXBOT_URL", DEFAULT_URL),
-        help=f"market base URL, e.g. https://test.glocalflexmarket.com (env FLEXBOT_URL; "
-        f"default {DEFAULT_URL}, a local sandbox)",
+        "--config",
+        type=Path,
+        default=os.environ.get("FLEXBOT_CONFIG"),
+        help="the daemon's config file, for its market section (env FLEXBOT_CONFIG)",
     )
     group.add_argument(
-        "--user", default=os.environ.get("FLEXBOT_USER"), help="market user (env FLEXBOT_USER)"
+        "--url",
+        help=f"market base URL, e.g. https://test.glocalflexmarket.com (else the config, env "
+        f"FLEXBOT_URL, or {DEFAULT_URL}: a local sandbox)",
     )
+    group.add_argument("--user", help="market user (else the config, or env FLEXBOT_USER)")
     group.add_argument(
         "--password-file",
         type=Path,
-        help="file holding the password (else env FLEXBOT_PASSWORD, else the systemd credential)",
+        help="file holding the password (else the config, env FLEXBOT_PASSWORD, or the systemd "
+        "credential flexbot-password)",
     )
     group.add_argument("--ca-bundle", type=Path, help="an extra CA certificate to trust (PEM)")
-    group.add_argument("--timeout", type=positive_float, default=10.0, metavar="S")
-
-
-def password(args: argparse.Namespace) -> Secret | None:
-    """The password if one is configured, None if none is (fine for public streams)."""
-    try:
-        return resolve_password(args.password_file)
-    except CredentialsMissing:
-        if args.password_file is not None:
-            raise
-        return None
+    group.add_argument("--timeout", type=positive_float, default=None, metavar="S")
 
 
 def settings(args: argparse.Namespace, *, login: bool = True) -> ConnectionSettings:
-    url: str = args.url
+    """Flags first, then the config file, then the environment."""
+    base: ConnectionSettings | None = None
+    if args.config is not None:
+        try:
+            base = config.load(args.config).connection
+        except config.ConfigError as exc:
+            raise UsageError("invalid config:\n" + "\n".join(exc.lines)) from None
+    url: str = (
+        args.url or (base.url if base else None) or os.environ.get("FLEXBOT_URL", DEFAULT_URL)
+    )
     if not url.startswith(("http://", "https://")):
         raise UsageError(f"--url {url!r}: expected http://… or https://…")
-    if args.ca_bundle is not None and not args.ca_bundle.is_file():
-        raise UsageError(f"--ca-bundle {args.ca_bundle}: no such file")
+    user = args.user or (base.username if base else None) or os.environ.get("FLEXBOT_USER")
+    ca_bundle = args.ca_bundle or (base.ca_bundle if base else None)
+    if ca_bundle is not None and not ca_bundle.is_file():
+        raise UsageError(f"--ca-bundle {ca_bundle}: no such file")
     try:
-        secret = password(args)
+        if args.password_file is not None:
+            secret: Secret | None = resolve_password(args.password_file)
+        elif base is not None:
+            secret = base.password
+        else:
+            secret = resolve_password()
     except CredentialsMissing as exc:
-        raise UsageError(str(exc)) from None
-    if login and (not args.user or secret is None):
-        raise UsageError(
-            "this command logs in: give --user (or FLEXBOT_USER) and a password "
-            "(--password-file, FLEXBOT_PASSWORD or the systemd credential flexbot-password)"
-        )
+        if login or args.password_file is not None:
+            raise UsageError(str(exc)) from None
+        secret = None
+    if login and not user:
+        raise UsageError("this command logs in: give --user, a config, or FLEXBOT_USER")
     return ConnectionSettings(
         url=url.rstrip("/"),
-        username=args.user or "",
+        username=user or "",
         password=secret or Secret(""),
-        ca_bundle=args.ca_bundle,
-        timeout_s=args.timeout,
+        ca_bundle=ca_bundle,
+        timeout_s=args.timeout or (base.timeout_s if base else 10.0),
     )

@@ -1,0 +1,178 @@
+"""The config loader and `flexbot check-config`: valid files load, bad ones are refused with every
+problem located by file and path, secrets resolve by reference only."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from flexbot import config
+
+REPO = Path(__file__).resolve().parents[1]
+GOOD: dict[str, Any] = {
+    "market": {
+        "url": "https://test.glocalflexmarket.com",
+        "username": "aggregator",
+        "password": "${FLEXBOT_TEST_PW}",
+        "timeout_s": 5,
+    },
+    "logging": {"level": "info", "format": "json"},
+}
+ENV = {"FLEXBOT_TEST_PW": "s3cret"}
+
+
+def write(tmp_path: Path, document: Any, name: str = "flexbot.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    return path
+
+
+def problems_of(path: Path, env: dict[str, str] = ENV) -> list[str]:
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(path, env)
+    return caught.value.lines
+
+
+def test_a_valid_config_loads_with_its_secret_resolved(tmp_path: Path) -> None:
+    loaded = config.load(write(tmp_path, GOOD), ENV)
+    assert loaded.connection.url == "https://test.glocalflexmarket.com"
+    assert loaded.connection.username == "aggregator"
+    assert loaded.connection.password.reveal() == "s3cret"
+    assert loaded.connection.timeout_s == 5
+    assert "s3cret" not in repr(loaded)
+
+
+def test_a_password_file_is_read_relative_to_the_config(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("from-file\n", encoding="utf-8")
+    document = {**GOOD, "market": {**GOOD["market"], "password": "file:pw"}}
+    assert config.load(write(tmp_path, document), {}).connection.password.reveal() == "from-file"
+
+
+def test_a_systemd_credential_path_expands_its_variable(tmp_path: Path) -> None:
+    (tmp_path / "creds").mkdir()
+    (tmp_path / "creds" / "flexbot-password").write_text("cred", encoding="utf-8")
+    reference = "file:${CREDENTIALS_DIRECTORY}/flexbot-password"
+    document = {**GOOD, "market": {**GOOD["market"], "password": reference}}
+    env = {"CREDENTIALS_DIRECTORY": str(tmp_path / "creds")}
+    assert config.load(write(tmp_path, document), env).connection.password.reveal() == "cred"
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"password": "hunter2"}, "$.market.password: write secrets by reference"),
+        ({"password": "${NOPE}"}, "$.market.password: environment variable NOPE is not set"),
+        ({"password": "file:missing"}, "$.market.password: cannot read"),
+        ({"url": "ftp://x"}, "$.market.url: expected https://host[:port]"),
+        ({"username": ""}, "$.market.username: must not be empty"),
+        ({"timeout_s": "abc"}, "$.market.timeout_s: expected a number, got a string"),
+        ({"timeout_s": 0}, "$.market.timeout_s: must be greater than 0"),
+        ({"typo": 1}, "$.market.typo: unknown key"),
+        ({"ca_bundle": "nowhere.pem"}, "$.market.ca_bundle: no such file"),
+    ],
+)
+def test_a_bad_market_section_is_located(
+    tmp_path: Path, change: dict[str, Any], expected: str
+) -> None:
+    path = write(tmp_path, {**GOOD, "market": {**GOOD["market"], **change}})
+    lines = problems_of(path)
+    assert any(line.startswith(f"{path}: {expected}") for line in lines), lines
+    assert not any("hunter2" in line for line in lines)
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    document = {"market": {**GOOD["market"], "extra": 1, "timeout_s": "x"}, "risk": {}}
+    lines = problems_of(write(tmp_path, document))
+    assert len(lines) == 3
+    assert {line.split(": ")[1] for line in lines} == {
+        "$.risk",
+        "$.market.extra",
+        "$.market.timeout_s",
+    }
+
+
+def test_broken_yaml_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("market:\n  url: [1\n", encoding="utf-8")
+    [line] = problems_of(path)
+    assert line.startswith(f"{path}: $: line 3, column 1: not valid YAML")
+
+
+def test_a_missing_file_is_a_problem_not_a_traceback(tmp_path: Path) -> None:
+    [line] = problems_of(tmp_path / "absent.yaml")
+    assert "cannot read the file" in line
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    path=st.lists(
+        st.sampled_from(["market", "logging", "url", "level", "x"]), min_size=1, max_size=3
+    ),
+    value=json_values,
+)
+def test_generated_bad_documents_are_refused_with_located_messages_only(
+    tmp_path: Path, path: list[str], value: Any
+) -> None:
+    """Replace any part of a good document by anything: the loader either accepts it or raises
+    ConfigError whose every line names the file and a `$` path; it never raises anything else."""
+    document: Any = yaml.safe_load(yaml.safe_dump(GOOD))
+    node = document
+    for key in path[:-1]:
+        if not isinstance(node, dict):
+            break
+        node = node.setdefault(key, {})
+    if isinstance(node, dict):
+        node[path[-1]] = value
+    else:
+        document = value
+    file = write(tmp_path, document)
+    lines: list[str] = []
+    try:
+        config.load(file, ENV)
+    except config.ConfigError as exc:
+        lines = exc.lines or ["(no lines)"]
+    assert all(line.startswith(f"{file}: $") for line in lines)
+
+
+def check_config(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "flexbot.cli", "check-config", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", **(env or {})},
+        timeout=30,
+        check=False,
+    )
+
+
+def test_check_config_accepts_the_shipped_example() -> None:
+    done = check_config("--config", "config/flexbot.yaml", env={"FLEXBOT_PASSWORD": "demo"})
+    assert done.returncode == 0, done.stderr
+    assert "valid" in done.stdout
+
+
+def test_check_config_lists_located_problems_and_exits_2(tmp_path: Path) -> None:
+    path = write(tmp_path, {"market": {**GOOD["market"], "password": "inline", "x": 1}})
+    done = check_config("--config", str(path))
+    assert done.returncode == 2
+    assert f"{path}: $.market.x: unknown key" in done.stderr
+    assert "Traceback" not in done.stderr
