@@ -37,7 +37,15 @@ def _first_leaf(exc: BaseException) -> BaseException:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logs.configure(json=None if args.log_format is None else args.log_format == "json")
+    # The sandbox is a service: its log is its output. The other commands print results on
+    # stdout (for people and pipes), so their log goes to stderr, warnings and errors only.
+    service = args.command in ("sandbox", "demo")
+    json = None if args.log_format is None else args.log_format == "json"
+    logs.configure(
+        json=json,
+        stream=sys.stdout if service else sys.stderr,
+        level="info" if service else "warning",
+    )
     status = 2
     try:
         status = args.run(args)

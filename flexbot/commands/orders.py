@@ -20,7 +20,15 @@ import trio
 
 from flexbot import model, rules, wire
 from flexbot.commands import UsageError, add_log_format, connection
-from flexbot.market import ConnectionSettings, MarketClient, MarketError, OutcomeUnknown, connect
+from flexbot.market import (
+    AuthFailed,
+    ConnectionSettings,
+    MarketClient,
+    MarketError,
+    MarketSession,
+    OutcomeUnknown,
+    connect,
+)
 
 _RELATIVE = re.compile(r"\+(\d+)([smh])")
 _DURATION = re.compile(r"(\d+)([smh]?)")
@@ -67,7 +75,8 @@ async def _run(
     request: model.OrderRequest | None,
 ) -> int:
     try:
-        async with connect(settings) as session:
+        async with connect(settings, login=False) as session:
+            await _login(session, settings)
             client = session.client
             if args.action == "list":
                 for order in await client.list_orders():
@@ -101,6 +110,19 @@ async def _run(
         print(f"flexbot orders {args.action}: the market said: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+async def _login(session: MarketSession, settings: ConnectionSettings) -> None:
+    bound_s = max(30.0, 3 * settings.timeout_s)
+    try:
+        with trio.fail_after(bound_s):
+            await session.tokens.login()
+    except AuthFailed as exc:
+        raise UsageError(f"the market refused the credentials: {exc}") from None
+    except trio.TooSlowError:
+        raise UsageError(
+            f"no answer from the market at {settings.url} within {bound_s:g} s"
+        ) from None
 
 
 async def _open_ids(client: MarketClient) -> list[str]:

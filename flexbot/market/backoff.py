@@ -22,6 +22,8 @@ class Backoff:
         """The largest delay the `attempt`-th retry may wait (attempt counts from 0)."""
         if attempt < 0:
             raise ValueError("attempt counts from 0")
+        if self.factor <= 1 or self.base_s <= 0:
+            return min(self.base_s, self.cap_s)
         # Stop multiplying once past the cap: base × factor**attempt would overflow a float.
         ceiling = self.base_s
         for _ in range(attempt):

@@ -24,6 +24,9 @@ class MarketError(Exception):
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+        # True when an earlier attempt of the same call may have taken effect (its answer was
+        # lost and the call was retried): a 409 then may be our own first attempt's doing.
+        self.retried = False
 
 
 class Rejected(MarketError):

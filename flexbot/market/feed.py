@@ -1,9 +1,10 @@
 """`MarketFeed`: the three streams, delivered by the rules of ARCHITECTURE.md, and the order truth.
 
-- `/orderbook` frames are full snapshots: the raw frame goes into a `Conflator` and is decoded only
-  when a reader asks (`next_book`), so a slow reader gets the newest book, never a backlog, and
-  structuring is paid only for books someone reads. `None` from `next_book` means "book unknown":
-  the link dropped, and the next book comes from the new connection.
+- `/orderbook` frames are full snapshots: each is parsed as JSON on arrival (cheap, and a frame
+  that is no book never displaces a good one), goes into a `Conflator`, and is structured into
+  model objects only when a reader asks (`next_book`): a slow reader gets the newest book, never a
+  backlog, and the dear structuring is paid only for books someone reads. `None` from
+  `next_book` means "book unknown": the link dropped; the next book comes from the new connection.
 - `/ticker` events are facts: decoded at once and kept in order in a bounded buffer that drops the
   oldest on overflow (counted and logged).
 - `/trade` events are never dropped: they go through a bounded channel that the socket reader waits
@@ -25,7 +26,7 @@ from __future__ import annotations
 import math
 import ssl
 from collections.abc import Mapping
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import trio
 from attrs import frozen
@@ -36,6 +37,7 @@ from flexbot.market.buffers import Conflator, DropOldest
 from flexbot.market.errors import MarketError, NotFound
 from flexbot.market.rest import MarketClient
 from flexbot.market.streams import Endpoint, StreamConsumer, StreamSettings, decode_frame
+from flexbot.problems import Invalid
 
 log = logs.get_logger("flexbot.market.feed")
 
@@ -59,9 +61,6 @@ class NoOrders:
 
     def open_orders(self) -> Mapping[str, model.Order | None]:
         return {}
-
-
-_BOOK_UNKNOWN = b""  # what the conflator holds after a disconnect
 
 
 @frozen
@@ -90,7 +89,8 @@ class MarketFeed:
         self.settings = settings
         self._client = client
         self._orders = orders or NoOrders()
-        self._books: Conflator[str | bytes] = Conflator()
+        # Parsed JSON of the newest book frame; None after a drop (the book is unknown).
+        self._books: Conflator[dict[str, Any] | None] = Conflator()
         self.ticker: DropOldest[model.Message] = DropOldest(settings.ticker_buffer)
         self._trade_in, self.trade = trio.open_memory_channel[TradeEvent](settings.trade_buffer)
         self.consumers: dict[Endpoint, StreamConsumer] = {}
@@ -124,23 +124,37 @@ class MarketFeed:
     # --- order book -----------------------------------------------------------------------------
 
     async def _on_book_frame(self, frame: str | bytes) -> None:
-        self._books.put(frame)
+        # Parse (cheap) now, structure (dear) on read: a frame that is not even a JSON book must
+        # not displace the newest good one.
+        try:
+            data = wire.loads(frame)
+        except Invalid:
+            data = None
+        if isinstance(data, dict) and data.get("type") == model.MessageType.ORDERBOOK_UPDATE:
+            self._books.put(data)
+        else:  # counted and logged there
+            decode_frame(frame, Endpoint.ORDERBOOK, self.consumers[Endpoint.ORDERBOOK].stats)
+            self.book_decode_failures += 1
 
     async def _book_unknown(self) -> None:
-        self._books.put(_BOOK_UNKNOWN)
+        self._books.put(None)
 
     async def next_book(self) -> model.OrderBook | None:
         """The newest book (waiting for one if none is new), or None when it is unknown."""
         while True:
-            frame = await self._books.get()
-            if frame == _BOOK_UNKNOWN:
+            data = await self._books.get()
+            if data is None:
                 return None
-            stats = self.consumers[Endpoint.ORDERBOOK].stats
-            message = decode_frame(frame, Endpoint.ORDERBOOK, stats)
-            if isinstance(message, model.OrderBookUpdate):
-                _check_crossed(message.data)
-                return message.data
-            self.book_decode_failures += 1
+            try:
+                message = wire.message_from_data(data)
+            except Invalid as exc:
+                self.consumers[Endpoint.ORDERBOOK].stats.bad_frames += 1
+                self.book_decode_failures += 1
+                log.warning("ws.bad_message", endpoint="orderbook", error=str(exc)[:300])
+                continue
+            assert isinstance(message, model.OrderBookUpdate)  # its type was checked on arrival
+            _check_crossed(message.data)
+            return message.data
 
     @property
     def books_replaced(self) -> int:

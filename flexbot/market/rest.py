@@ -96,8 +96,19 @@ class MarketClient:
         return [_decode(item, model.Order) for item in body]
 
     async def cancel_order(self, order_id: str) -> model.Order | None:
-        """Cancel; returns the order if the market sent it back (any 2xx is success)."""
-        body = await self._call("DELETE", f"{API}/order/{order_id}")
+        """Cancel; returns the order if the market sent it back (any 2xx is success).
+
+        A 409 after a retry may mean our first attempt worked and only its answer was lost: the
+        order is then read back, and an order found cancelled counts as cancelled by us."""
+        try:
+            body = await self._call("DELETE", f"{API}/order/{order_id}")
+        except Conflict as exc:
+            if not exc.retried:
+                raise
+            order = await self.get_order(order_id)
+            if order.status == model.OrderStatus.CANCELLED:
+                return order
+            raise
         return _decode(body, model.Order) if isinstance(body, dict) and body else None
 
     async def cancel_many(
@@ -166,7 +177,8 @@ class MarketClient:
             headers = {"Authorization": f"Bearer {token}"}
             try:
                 response = await self._http.request(method, path, json=json, headers=headers)
-            except httpx.ConnectError as exc:  # never left: safe to retry whatever the method
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                # The request never left: safe to retry whatever the method.
                 error: MarketError = ServerError(f"cannot connect: {type(exc).__name__}")
             except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
                 if not idempotent:
@@ -194,7 +206,9 @@ class MarketClient:
                         )
                     error = ServerError(f"{status}: {_message(response)}", status=status)
                 else:
-                    raise _client_error(response)
+                    client_error = _client_error(response)
+                    client_error.retried = retrying.attempt > 0
+                    raise client_error
             if retrying.attempt >= self.retry.max_retries:
                 raise error
             delay = retrying.next_delay()

@@ -105,7 +105,11 @@ class MarketSession:
 
 
 @asynccontextmanager
-async def connect(settings: ConnectionSettings) -> AsyncIterator[MarketSession]:
+async def connect(
+    settings: ConnectionSettings, *, login: bool = True
+) -> AsyncIterator[MarketSession]:
+    """Open the session; with `login=False` the caller logs in (e.g. to bound how long it may
+    take: the token manager itself retries an unreachable market for ever)."""
     context = ssl_context(settings.ca_bundle) if settings.url.startswith("https") else None
     async with httpx.AsyncClient(
         base_url=settings.url,
@@ -114,5 +118,6 @@ async def connect(settings: ConnectionSettings) -> AsyncIterator[MarketSession]:
         limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
     ) as http:
         tokens = TokenManager(http, Credentials(settings.username, settings.password))
-        await tokens.login()
+        if login:
+            await tokens.login()
         yield MarketSession(settings, http, tokens, MarketClient(http, tokens), context)

@@ -146,6 +146,7 @@ class StreamConsumer:
         if self._tokens is not None:
             token = await self._tokens.token()
             headers.append((b"Authorization", f"Bearer {token}".encode()))
+        ended: str | None = None
         try:
             async with open_websocket_url(
                 url,
@@ -156,13 +157,21 @@ class StreamConsumer:
                 connect_timeout=self.settings.connect_timeout_s,
                 disconnect_timeout=self.settings.close_timeout_s,
             ) as ws:
-                return await self._session(ws)
+                ended = await self._session(ws)
         except ConnectionRejected as exc:
             if exc.status_code == 401 and self._tokens is not None:
                 await self._tokens.renew_after_401(token)
             return self._ended(f"handshake refused with HTTP {exc.status_code}")
         except (HandshakeError, OSError, trio.BrokenResourceError) as exc:
-            return self._ended(f"connect failed: {type(exc).__name__}: {exc}")
+            if ended is not None:
+                # The session had ended (and was counted); only its close handshake timed out,
+                # as it does on a half-open link.
+                return ended
+            cause = exc.__cause__ or exc.__context__
+            detail = str(exc) or (f"{type(cause).__name__}: {cause}" if cause else "")
+            return self._ended(f"connect failed: {type(exc).__name__}: {detail}")
+        assert ended is not None
+        return ended
 
     async def _session(self, ws: WebSocketConnection) -> str:
         try:
