@@ -27,8 +27,8 @@ from trio_websocket import open_websocket_url
 
 from flexbot import logs, model, rules
 from flexbot.sandbox import streams
+from flexbot.sandbox.events import BookChanged
 from flexbot.sandbox.market import MarketSettings, SandboxMarket
-from flexbot.sandbox.matching import BookChanged
 from flexbot.sandbox.server import Running, ServerSettings, serve
 
 

@@ -30,19 +30,21 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 from flexbot import model, rules
 from flexbot.model import OrderStatus as S
 from flexbot.model import Side
-from flexbot.sandbox.matching import (
-    BaselineLocked,
+from flexbot.sandbox.events import (
     BookChanged,
-    BookOrder,
     ContractChanged,
     Event,
     Expired,
+    OrderChanged,
+    Traded,
+)
+from flexbot.sandbox.matching import (
+    BaselineLocked,
+    BookOrder,
     Matcher,
     NotASell,
-    OrderChanged,
     OrderFinal,
     OrderNotFound,
-    Traded,
 )
 
 # --- shared vocabulary -------------------------------------------------------------------------

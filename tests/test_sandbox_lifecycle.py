@@ -21,9 +21,9 @@ import attrs
 import httpx
 import pytest
 
+from flexbot.sandbox.events import ContractChanged, Event
 from flexbot.sandbox.lifecycle import LifecycleRules
 from flexbot.sandbox.market import MarketSettings
-from flexbot.sandbox.matching import ContractChanged, Event
 from tests.conftest import MARKET_START, USERS, Sandbox
 
 pytestmark = pytest.mark.anyio

@@ -38,8 +38,8 @@ from wsproto.events import (
 
 import flexbot.sandbox.streams as streams
 from flexbot import model
+from flexbot.sandbox.events import BookChanged
 from flexbot.sandbox.market import MarketSettings
-from flexbot.sandbox.matching import BookChanged
 from flexbot.sandbox.server import ServerSettings
 from flexbot.sandbox.streams import Channel
 from tests.conftest import MARKET_START, USERS, Sandbox

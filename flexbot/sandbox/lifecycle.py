@@ -30,7 +30,8 @@ from attrs import frozen
 from flexbot import model
 from flexbot.model import ContractStatus, VerificationStatus
 from flexbot.rules import MARKET_TIME_UNIT_S
-from flexbot.sandbox.matching import BookOrder, Event, Matcher, OrderChanged
+from flexbot.sandbox.events import Event, OrderChanged
+from flexbot.sandbox.matching import BookOrder, Matcher
 
 _KWH = Decimal(1000)
 _INSTANT = timedelta(microseconds=1)

@@ -21,9 +21,10 @@ from flexbot import model, rules, wire
 from flexbot.problems import Invalid
 from flexbot.sandbox.auth import TokenIssuer
 from flexbot.sandbox.clock import MarketClock
+from flexbot.sandbox.events import ContractChanged, Event
 from flexbot.sandbox.faults import Faults, FaultSettings
 from flexbot.sandbox.lifecycle import ContractLifecycle, LifecycleRules
-from flexbot.sandbox.matching import ContractChanged, Event, Matcher, MatchingRules, NotASell
+from flexbot.sandbox.matching import Matcher, MatchingRules, NotASell
 from flexbot.sandbox.ratelimit import RateLimit, RateLimiter
 
 Subscriber = Callable[[list[Event]], None]

@@ -36,6 +36,14 @@ from attrs import define, frozen
 from flexbot import model
 from flexbot.model import OrderStatus, Side
 from flexbot.rules import energy_wh
+from flexbot.sandbox.events import (
+    BookChanged,
+    ContractChanged,
+    Event,
+    Expired,
+    OrderChanged,
+    Traded,
+)
 
 Window = tuple[datetime, datetime]
 
@@ -63,37 +71,6 @@ class BaselineLocked(MatchingError):
 @frozen
 class MatchingRules:
     gate_closure_s: int = 0
-
-
-@frozen
-class OrderChanged:
-    owner: str
-    order: model.Order
-
-
-@frozen
-class ContractChanged:
-    buyer: str
-    seller: str
-    contract: model.Contract
-
-
-@frozen
-class Traded:
-    ticker: model.Ticker
-
-
-@frozen
-class Expired:
-    expired: model.ExpiredOrder
-
-
-@frozen
-class BookChanged:
-    """The public book changed: the server publishes a fresh snapshot."""
-
-
-Event = OrderChanged | ContractChanged | Traded | Expired | BookChanged
 
 
 @define(eq=False)

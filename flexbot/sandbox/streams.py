@@ -22,8 +22,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from flexbot import logs, model, wire
 from flexbot.sandbox.auth import NotAuthenticated
-from flexbot.sandbox.market import SandboxMarket
-from flexbot.sandbox.matching import (
+from flexbot.sandbox.events import (
     BookChanged,
     ContractChanged,
     Event,
@@ -31,6 +30,7 @@ from flexbot.sandbox.matching import (
     OrderChanged,
     Traded,
 )
+from flexbot.sandbox.market import SandboxMarket
 
 log = logs.get_logger("flexbot.sandbox.ws")
 
