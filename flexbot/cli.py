@@ -38,13 +38,14 @@ def _first_leaf(exc: BaseException) -> BaseException:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # The sandbox is a service: its log is its output. The other commands print results on
-    # stdout (for people and pipes), so their log goes to stderr, warnings and errors only.
+    # stdout (for people and pipes), so their log goes to stderr: all of it for `watch` (its
+    # reconnects are part of what it shows), warnings and errors for one-shot commands.
     service = args.command in ("sandbox", "demo")
     json = None if args.log_format is None else args.log_format == "json"
     logs.configure(
         json=json,
         stream=sys.stdout if service else sys.stderr,
-        level="info" if service else "warning",
+        level="info" if service or args.command == "watch" else "warning",
     )
     status = 2
     try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import socket
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import partial
 from typing import Any
@@ -43,7 +43,7 @@ from flexbot.market import (
     TradeEvent,
 )
 from flexbot.market.backoff import Backoff
-from flexbot.market.feed import differences
+from flexbot.market.feed import crossed_windows, differences
 from flexbot.sandbox.faults import FaultSettings
 from flexbot.sandbox.market import MarketSettings
 from flexbot.sandbox.server import ServerSettings
@@ -750,3 +750,39 @@ def test_differences_of_a_contract_step_name_the_contract_and_the_order() -> Non
         ("contract_status_update", "verification_initiated"),
         ("order_status_update", "filled"),
     ]
+
+
+def _entry(side: str, power: str, price: str, country: str = "DE") -> model.BookEntry:
+    start = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    return model.BookEntry(
+        side=side,
+        power=Decimal(power),
+        price=Decimal(price),
+        delivery_start=start,
+        delivery_end=start + timedelta(minutes=15),
+        location=model.Location(("x",), country),
+    )
+
+
+@pytest.mark.parametrize(
+    ("bid", "ask", "crossed"),
+    [
+        (("1000", "0.20"), ("1000", "0.18"), True),  # could have traded
+        (("1000", "0.18"), ("1000", "0.18"), True),  # bid == ask trades too
+        (("500", "0.20"), ("1000", "0.18"), False),  # the all-or-nothing sell is too big
+        (("1000", "0.17"), ("1000", "0.18"), False),  # no price overlap
+    ],
+)
+def test_a_book_is_crossed_only_where_a_bid_could_have_taken_an_ask(
+    bid: tuple[str, str], ask: tuple[str, str], crossed: bool
+) -> None:
+    book = model.OrderBook(bids={"1": (_entry("buy", *bid),)}, asks={"2": (_entry("sell", *ask),)})
+    assert bool(crossed_windows(book)) is crossed
+
+
+def test_different_countries_do_not_cross() -> None:
+    book = model.OrderBook(
+        bids={"1": (_entry("buy", "1000", "0.3", "DE"),)},
+        asks={"2": (_entry("sell", "1000", "0.1", "FR"),)},
+    )
+    assert crossed_windows(book) == {}

@@ -23,9 +23,10 @@ final status.
 
 from __future__ import annotations
 
-import math
 import ssl
 from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal
 from typing import Any, Literal, Protocol
 
 import trio
@@ -111,6 +112,7 @@ class MarketFeed:
                 on_disconnect=self._book_unknown if endpoint is Endpoint.ORDERBOOK else None,
             )
         self.book_decode_failures = 0
+        self._crossed: set[CrossKey] = set()
         self.reconciled_events = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -153,8 +155,23 @@ class MarketFeed:
                 log.warning("ws.bad_message", endpoint="orderbook", error=str(exc)[:300])
                 continue
             assert isinstance(message, model.OrderBookUpdate)  # its type was checked on arrival
-            _check_crossed(message.data)
+            self._log_new_crossings(message.data)
             return message.data
+
+    def _log_new_crossings(self, book: model.OrderBook) -> None:
+        """Log a crossed (window, country) once, when it appears, not in every book after."""
+        crossed = crossed_windows(book)
+        for (start, end, country), (bid, ask) in crossed.items():
+            if (start, end, country) not in self._crossed:
+                log.info(
+                    "book.crossed",
+                    delivery_start=wire.format_datetime(start),
+                    delivery_end=wire.format_datetime(end),
+                    country=country,
+                    bid=float(bid),
+                    ask=float(ask),
+                )
+        self._crossed = set(crossed)
 
     @property
     def books_replaced(self) -> int:
@@ -235,21 +252,27 @@ def differences(known: model.Order | None, current: model.Order) -> list[TradeMe
     return out
 
 
-def _check_crossed(book: model.OrderBook) -> None:
-    """A crossed book (best bid >= best ask in one window and country) is logged as an anomaly:
-    the market may leave one crossed (no self-trade, all-or-nothing sells), so it is not fatal."""
-    best_bid: dict[tuple[object, ...], float] = {}
+CrossKey = tuple[datetime, datetime, str]
+
+
+def crossed_windows(book: model.OrderBook) -> dict[CrossKey, tuple[Decimal, Decimal]]:
+    """(window, country) → (bid, ask) where a bid and an ask could have traded and did not: the
+    bid is at least the ask and large enough to take the (all-or-nothing) sell. The market may
+    still leave such a pair (the same owner on both sides is invisible here), so it is an anomaly
+    to log, never an error."""
+    bids: dict[CrossKey, list[model.BookEntry]] = {}
     for entry in book.flat_bids():
         key = (entry.delivery_start, entry.delivery_end, entry.location.country_code)
-        best_bid.setdefault(key, float(entry.price))
-    for entry in book.flat_asks():
-        key = (entry.delivery_start, entry.delivery_end, entry.location.country_code)
-        bid = best_bid.get(key, -math.inf)
-        if bid >= float(entry.price):
-            log.info(
-                "book.crossed",
-                delivery_start=wire.format_datetime(entry.delivery_start),
-                bid=bid,
-                ask=float(entry.price),
-            )
-            return
+        bids.setdefault(key, []).append(entry)
+    crossed: dict[CrossKey, tuple[Decimal, Decimal]] = {}
+    for ask in book.flat_asks():
+        key = (ask.delivery_start, ask.delivery_end, ask.location.country_code)
+        if key in crossed:
+            continue
+        for bid in bids.get(key, ()):
+            if bid.price < ask.price:
+                break  # bids are best first: none further can cross
+            if bid.power >= ask.power:
+                crossed[key] = (bid.price, ask.price)
+                break
+    return crossed
