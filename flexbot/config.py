@@ -121,6 +121,8 @@ def resolve_secret(reference: str, base: Path, environ: Mapping[str, str]) -> Se
         assert file is not None
         try:
             return Secret(file.read_text(encoding="utf-8").rstrip("\r\n"))
+        except UnicodeDecodeError:
+            raise Invalid.single((), f"{file} is not UTF-8 text") from None
         except OSError as exc:
             raise Invalid.single((), f"cannot read {file}: {exc.strerror}") from None
     raise Invalid.single(

@@ -286,8 +286,8 @@ class OrderBook:
 @frozen(repr=False)
 class TokenResponse:
     access_token: str
-    refresh_token: str
     expires_in: int  # seconds
+    refresh_token: str = ""  # OAuth2 allows a refresh answer without one
     refresh_expires_in: int | None = None  # seconds
     token_type: str = "Bearer"
 

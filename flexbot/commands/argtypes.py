@@ -20,7 +20,7 @@ def number(cast: Callable[[str], N], *, minimum: N, inclusive: bool) -> Callable
             value = cast(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
-        if not (value >= minimum if inclusive else value > minimum):
+        if value != value or not (value >= minimum if inclusive else value > minimum):  # NaN
             raise argparse.ArgumentTypeError(f"{text!r} {bound}")
         return value
 

@@ -30,6 +30,10 @@ from flexbot.market import (
     connect,
 )
 
+MAY_EXIST = (
+    "flexbot orders place: {}. The order may exist: check `flexbot orders list` before placing "
+    "it again."
+)
 _RELATIVE = re.compile(r"\+(\d+)([smh])")
 _DURATION = re.compile(r"(\d+)([smh]?)")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "": 1}
@@ -88,12 +92,14 @@ async def _run(
                 assert request is not None
                 try:
                     order = await client.submit_order(request)
-                except OutcomeUnknown as exc:
+                except (KeyboardInterrupt, trio.Cancelled):
                     print(
-                        f"flexbot orders place: {exc}. The order may exist: check `flexbot orders "
-                        "list` before placing it again.",
+                        MAY_EXIST.format("interrupted while the order was on its way"),
                         file=sys.stderr,
                     )
+                    raise
+                except OutcomeUnknown as exc:
+                    print(MAY_EXIST.format(exc), file=sys.stderr)
                     return 1
                 print(_line(order))
             else:
@@ -106,6 +112,8 @@ async def _run(
                         failed += 1
                         print(f"{result.order_id} not cancelled: {result.error}", file=sys.stderr)
                 return 1 if failed else 0
+    except AuthFailed as exc:  # a renewal refused mid-command
+        raise UsageError(f"the market refused the credentials: {exc}") from None
     except MarketError as exc:
         print(f"flexbot orders {args.action}: the market said: {exc}", file=sys.stderr)
         return 1

@@ -19,6 +19,7 @@ import trio
 
 from flexbot import model
 from flexbot.commands import UsageError, add_log_format, connection
+from flexbot.commands.argtypes import positive_float
 from flexbot.market import ConnectionSettings, Endpoint, StreamSettings, connect
 from flexbot.market.auth import AuthFailed
 from flexbot.market.feed import FeedSettings, MarketFeed
@@ -29,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser = sub.add_parser("watch", help="show a live market stream")
     parser.add_argument("endpoint", choices=[e.value for e in Endpoint])
     parser.add_argument("--depth", type=int, default=5, help="book levels shown per side")
-    parser.add_argument("--ping-interval", type=float, default=20.0, metavar="S")
+    parser.add_argument("--ping-interval", type=positive_float, default=20.0, metavar="S")
     connection.add_options(parser)
     add_log_format(parser)
     parser.set_defaults(run=run)
@@ -38,10 +39,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run(args: argparse.Namespace) -> int:
     endpoint = Endpoint(args.endpoint)
     settings = connection.settings(args, login=endpoint is Endpoint.TRADE)
+    refused: list[BaseException] = []
     try:
         trio.run(_watch, endpoint, settings, args.depth, args.ping_interval)
-    except AuthFailed as exc:
-        raise UsageError(f"the market refused the credentials: {exc}") from None
+    except* AuthFailed as group:  # at login, or later inside the feed's nursery
+        refused.extend(group.exceptions)
+    if refused:
+        raise UsageError(f"the market refused the credentials: {refused[0]}")
     return 0
 
 

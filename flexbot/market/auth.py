@@ -66,7 +66,8 @@ class Credentials:
 
 
 class AuthFailed(Exception):
-    """The market refused our credentials: retrying cannot help, an operator must act."""
+    """The market refused our credentials, or the token endpoint is not one (a wrong URL):
+    retrying cannot help, an operator must act."""
 
 
 class TokenEndpointError(Exception):
@@ -159,7 +160,8 @@ class TokenManager:
         if current is not None:
             try:
                 return await self._grant_request(
-                    {"grant_type": "refresh_token", "refresh_token": current.refresh.reveal()}
+                    {"grant_type": "refresh_token", "refresh_token": current.refresh.reveal()},
+                    keep_refresh=current.refresh,
                 )
             except AuthFailed as exc:
                 log.info("auth.refresh_refused", reason=str(exc), fallback="password")
@@ -173,7 +175,12 @@ class TokenManager:
         log.info("auth.logged_in", username=self._credentials.username)
         return grant
 
-    async def _grant_request(self, form: Mapping[str, str]) -> _Grant:
+    async def _grant_request(
+        self, form: Mapping[str, str], *, keep_refresh: Secret | None = None
+    ) -> _Grant:
+        """One token request. Transient failures (network, 5xx, 429) raise TokenEndpointError;
+        an answer that retrying cannot change (400/401 refusals, any other 4xx, a 2xx that is no
+        token response: a wrong URL) raises AuthFailed."""
         started = trio.current_time()
         try:
             response = await self._http.post(TOKEN_PATH, data={"client_id": CLIENT_ID, **form})
@@ -184,15 +191,21 @@ class TokenManager:
         if response.status_code in (400, 401):
             raise AuthFailed(_oauth_error(response))
         if not response.is_success:
-            raise TokenEndpointError(f"token endpoint answered {response.status_code}")
+            raise AuthFailed(
+                f"the token endpoint answered {response.status_code}: check the market URL"
+            )
         try:
             issued = wire.decode(response.content, TokenResponse)
-        except Invalid as exc:
-            raise TokenEndpointError(f"unreadable token response: {exc}") from None
+        except Invalid:
+            raise AuthFailed(
+                "the token endpoint's answer is not an OAuth2 token response: check the market URL"
+            ) from None
         lifetime = max(1.0, float(issued.expires_in))
+        # OAuth2 lets a refresh answer leave the refresh token out: the old one then stays.
+        refresh = Secret(issued.refresh_token) if issued.refresh_token else keep_refresh
         return _Grant(
             access=Secret(issued.access_token),
-            refresh=Secret(issued.refresh_token),
+            refresh=refresh or Secret(""),
             expires_at=started + lifetime,
             lifetime_s=lifetime,
         )

@@ -28,7 +28,7 @@ class Conflator(Generic[T]):
     def __init__(self) -> None:
         self._value: T | None = None
         self._has_value = False
-        self._event = trio.Event()
+        self._waiting = trio.lowlevel.ParkingLot()
         self._closed = False
         self.replaced = 0  # values overwritten before anyone read them
 
@@ -38,21 +38,20 @@ class Conflator(Generic[T]):
         if self._has_value:
             self.replaced += 1
         self._value, self._has_value = value, True
-        self._event.set()
+        self._waiting.unpark_all()
 
     async def get(self) -> T:
         while not self._has_value:
             if self._closed:
                 raise Closed("conflator closed")
-            await self._event.wait()
-            self._event = trio.Event()
+            await self._waiting.park()
         value = self._value
         self._value, self._has_value = None, False
         return value  # type: ignore[return-value]  # set together with _has_value
 
     def close(self) -> None:
         self._closed = True
-        self._event.set()
+        self._waiting.unpark_all()
 
 
 class DropOldest(Generic[T]):
@@ -61,7 +60,7 @@ class DropOldest(Generic[T]):
             raise ValueError("a buffer holds at least one item")
         self._items: deque[T] = deque()
         self.maxlen = maxlen
-        self._event = trio.Event()
+        self._waiting = trio.lowlevel.ParkingLot()
         self._closed = False
         self.dropped = 0
 
@@ -75,15 +74,14 @@ class DropOldest(Generic[T]):
             self.dropped += 1
             kept = False
         self._items.append(item)
-        self._event.set()
+        self._waiting.unpark_all()
         return kept
 
     async def get(self) -> T:
         while not self._items:
             if self._closed:
                 raise Closed("buffer closed")
-            await self._event.wait()
-            self._event = trio.Event()
+            await self._waiting.park()
         return self._items.popleft()
 
     def __len__(self) -> int:
@@ -91,4 +89,4 @@ class DropOldest(Generic[T]):
 
     def close(self) -> None:
         self._closed = True
-        self._event.set()
+        self._waiting.unpark_all()

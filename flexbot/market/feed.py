@@ -53,7 +53,9 @@ class TradeEvent:
 
 class OrderSource(Protocol):
     def open_orders(self) -> Mapping[str, model.Order | None]:
-        """Every order the caller considers open, with its last known state (None: never seen)."""
+        """Every order the caller still expects news of, with its last known state (None: never
+        seen): open orders, and also final ones whose contracts are not settled yet, or their
+        verification and settlement updates could be missed after a drop."""
         ...
 
 
@@ -112,6 +114,7 @@ class MarketFeed:
                 on_disconnect=self._book_unknown if endpoint is Endpoint.ORDERBOOK else None,
             )
         self.book_decode_failures = 0
+        self._unconfirmed: set[str] = set()  # order ids whose latest state we failed to learn
         self._crossed: set[CrossKey] = set()
         self.reconciled_events = 0
 
@@ -191,6 +194,10 @@ class MarketFeed:
 
     async def _on_trade_frame(self, frame: str | bytes) -> None:
         message = decode_frame(frame, Endpoint.TRADE, self.consumers[Endpoint.TRADE].stats)
+        if message is None:
+            # An own-order event we could not read: find out from REST what it said.
+            self._unconfirmed.update(self._orders.open_orders())
+            return
         if isinstance(
             message, model.OrderStatusUpdate | model.ContractStatusUpdate | model.UnknownMessage
         ):
@@ -220,6 +227,8 @@ class MarketFeed:
         async with trio.open_nursery() as nursery:
             for order_id in tracked:
                 nursery.start_soon(fetch, order_id)
+        # What could not be fetched is tried again by the poller, however healthy /trade looks.
+        self._unconfirmed = set(tracked) - set(fetched)
         emitted = 0
         for order_id, order in fetched.items():
             for message in differences(tracked[order_id], order):
@@ -235,7 +244,8 @@ class MarketFeed:
         while True:
             await trio.sleep(self.settings.poll_interval_s)
             silent_for = trio.current_time() - trade.last_frame_at
-            if not trade.connected or silent_for > self.settings.trade_silence_s:
+            unreliable = not trade.connected or silent_for > self.settings.trade_silence_s
+            if unreliable or self._unconfirmed:
                 await self.reconcile()
 
 

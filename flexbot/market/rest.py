@@ -109,7 +109,12 @@ class MarketClient:
             if order.status == model.OrderStatus.CANCELLED:
                 return order
             raise
-        return _decode(body, model.Order) if isinstance(body, dict) and body else None
+        if isinstance(body, dict) and body:
+            try:
+                return _decode(body, model.Order)
+            except ServerError:
+                return None  # any 2xx is a successful cancel, whatever its body
+        return None
 
     async def cancel_many(
         self, order_ids: Iterable[str], *, max_in_flight: int = 4

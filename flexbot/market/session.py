@@ -53,6 +53,10 @@ def resolve_password(
     if password_file is not None:
         try:
             return Secret(password_file.read_text(encoding="utf-8").rstrip("\r\n"))
+        except UnicodeDecodeError:
+            raise CredentialsMissing(
+                f"the password file {password_file} is not UTF-8 text"
+            ) from None
         except OSError as exc:
             raise CredentialsMissing(
                 f"cannot read the password file {password_file}: {exc.strerror}"
@@ -63,7 +67,12 @@ def resolve_password(
     if directory:
         path = Path(directory) / CREDENTIAL_NAME
         if path.is_file():
-            return Secret(path.read_text(encoding="utf-8").rstrip("\r\n"))
+            try:
+                return Secret(path.read_text(encoding="utf-8").rstrip("\r\n"))
+            except (OSError, UnicodeDecodeError):
+                raise CredentialsMissing(
+                    f"the systemd credential {CREDENTIAL_NAME!r} cannot be read as UTF-8 text"
+                ) from None
     raise CredentialsMissing(
         f"no market password: give a password file, set ${PASSWORD_ENV}, or load the systemd "
         f"credential {CREDENTIAL_NAME!r}"

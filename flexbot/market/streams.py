@@ -15,12 +15,14 @@ how it is turned into events. The sinks decide delivery (see `flexbot.market.fee
 from __future__ import annotations
 
 import enum
+import math
 import random
 import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import attrs
 import trio
 from attrs import define, field, frozen
 from trio_websocket import (
@@ -58,19 +60,27 @@ EXPECTED: dict[Endpoint, frozenset[str]] = {
 }
 
 
+POLICY_VIOLATION = 1008
+
+
 class StreamDead(Exception):
     """The link is gone or not trustworthy any more; the consumer reconnects."""
+
+
+def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{attribute.name} must be a finite number > 0, got {value}")
 
 
 @frozen
 class StreamSettings:
     ws_url: str  # ws(s)://host[:port], no path
-    ping_interval_s: float = 20.0
-    missed_pongs: int = 3
-    silence_s: float = 120.0
-    connect_timeout_s: float = 10.0
-    close_timeout_s: float = 2.0
-    stable_after_s: float = 60.0
+    ping_interval_s: float = field(default=20.0, validator=_positive)
+    missed_pongs: int = field(default=3, validator=_positive)
+    silence_s: float = field(default=120.0, validator=_positive)
+    connect_timeout_s: float = field(default=10.0, validator=_positive)
+    close_timeout_s: float = field(default=2.0, validator=_positive)
+    stable_after_s: float = field(default=60.0, validator=_positive)
     backoff: Backoff = field(factory=lambda: Backoff(base_s=0.5, cap_s=30.0))
     max_message_bytes: int = 16 * 1024 * 1024
 
@@ -115,6 +125,7 @@ class StreamConsumer:
         self.stats = StreamStats()
         self.connected = False
         self.last_frame_at = 0.0
+        self._token_suspect = False
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect and reconnect until cancelled. Reports started once the first attempt is made."""
@@ -157,7 +168,10 @@ class StreamConsumer:
                 connect_timeout=self.settings.connect_timeout_s,
                 disconnect_timeout=self.settings.close_timeout_s,
             ) as ws:
+                self._token_suspect = False
                 ended = await self._session(ws)
+                if self._token_suspect and self._tokens is not None:
+                    await self._tokens.renew_after_401(token)
         except ConnectionRejected as exc:
             if exc.status_code == 401 and self._tokens is not None:
                 await self._tokens.renew_after_401(token)
@@ -177,6 +191,8 @@ class StreamConsumer:
         try:
             await self._expect_control(ws)
         except (StreamDead, ConnectionClosed) as exc:
+            # The spec's variant of a refused login: a control error, then close 1008.
+            self._token_suspect = True
             return self._ended(f"no control message: {exc}")
         self.connected = True
         self.stats.connects += 1
@@ -191,6 +207,8 @@ class StreamConsumer:
             except ConnectionClosed as exc:
                 why = exc.reason
                 detail = f"{why.code} {why.reason or why.name}" if why is not None else "no reason"
+                if why is not None and why.code == POLICY_VIOLATION:
+                    self._token_suspect = True  # how a server says "your token is no good" late
                 ended.append(f"closed: {detail}")
             except StreamDead as exc:
                 ended.append(str(exc))
