@@ -54,7 +54,7 @@ def _fault(text: str) -> tuple[str, object]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _add_sandbox_options(p: argparse.ArgumentParser) -> None:
+def _add_sandbox_options(p: argparse.ArgumentParser, *, counterparties: int = 0) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one (default 8000)")
     p.add_argument(
@@ -95,9 +95,9 @@ def _add_sandbox_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--counterparties",
         type=non_negative_int,
-        default=0,
+        default=counterparties,
         metavar="N",
-        help="simulated traders that keep the book moving (default 0)",
+        help=f"simulated traders that keep the book moving (default {counterparties})",
     )
     p.add_argument(
         "--counterparty-interval",
@@ -157,7 +157,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     _add_sandbox_options(sandbox)
     sandbox.set_defaults(run=run)
     demo = sub.add_parser("demo", help="run a sandbox with a demo user and show how to use it")
-    _add_sandbox_options(demo)
+    _add_sandbox_options(demo, counterparties=3)  # a newcomer should see a market that moves
     demo.set_defaults(run=run)
 
 
@@ -226,6 +226,12 @@ def _banner(running: Running, market: MarketSettings, demo: bool) -> str:
             f"    -d client_id=glocalflexmarket_public_api -d grant_type=password"
             f" -d username={user} -d password={password}",
             f"  {curl} -s {running.base_url}/sandbox/clock",
+            "",
+            f"Watch the market ({market.counterparties} simulated traders keep it moving):",
+            f"  .venv/bin/flexbot watch orderbook --url {running.base_url}"
+            + (f" --ca-bundle {running.ca}" if running.ca else ""),
+            f"  .venv/bin/flexbot watch ticker --url {running.base_url}"
+            + (f" --ca-bundle {running.ca}" if running.ca else ""),
             "Stop with Ctrl-C.",
         ]
     return "\n".join(lines)
