@@ -6,6 +6,7 @@ clock, so token lifetimes, rate limits and expiry are driven by the test, never 
 
 from __future__ import annotations
 
+import random
 import ssl
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -23,6 +24,13 @@ from flexbot.sandbox.server import Running, ServerSettings, serve
 # A fixed market start: Monday 2026-11-23 10:00:00 UTC, on the 15-minute grid.
 MARKET_START = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 USERS = {"alice": "alice-pw", "bob": "bob-pw"}
+
+
+class MaxRandom(random.Random):
+    """`uniform(a, b)` is always `b`: a backoff waits its full ceiling, deterministically."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
 
 
 @pytest.fixture

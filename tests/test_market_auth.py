@@ -9,7 +9,6 @@ let tokens expire run a small task that advances the wall in step with trio time
 from __future__ import annotations
 
 import itertools
-import random
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from flexbot.market import (
 from flexbot.market.auth import TOKEN_PATH
 from flexbot.market.backoff import Backoff
 from flexbot.sandbox.market import MarketSettings
-from tests.conftest import USERS, Sandbox
+from tests.conftest import USERS, MaxRandom, Sandbox
 
 pytestmark = pytest.mark.anyio
 
@@ -90,13 +89,6 @@ class Recorder(httpx.AsyncBaseTransport):
 
     def api_statuses(self) -> list[int | None]:
         return [c.status for c in self.calls if c.path.startswith("/api/")]
-
-
-class MaxRandom(random.Random):
-    """`uniform(a, b)` is always `b`: the backoff waits its full ceiling, deterministically."""
-
-    def uniform(self, a: float, b: float) -> float:
-        return b
 
 
 @pytest.fixture

@@ -45,7 +45,7 @@ from flexbot.market.auth import TOKEN_PATH
 from flexbot.market.backoff import Backoff, Retrying
 from flexbot.sandbox.auth import NotAuthenticated
 from flexbot.sandbox.market import MarketSettings
-from tests.conftest import MARKET_START, USERS, Sandbox
+from tests.conftest import MARKET_START, USERS, MaxRandom, Sandbox
 
 pytestmark = pytest.mark.anyio
 
@@ -91,11 +91,6 @@ class Recorder(httpx.AsyncBaseTransport):
 
     def api(self, method: str | None = None) -> list[tuple[str, str, int, float]]:
         return [c for c in self.calls if c[1].startswith("/api/") and method in (None, c[0])]
-
-
-class MaxRandom(random.Random):
-    def uniform(self, a: float, b: float) -> float:
-        return b
 
 
 @pytest.fixture

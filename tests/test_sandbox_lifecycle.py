@@ -25,6 +25,7 @@ from flexbot.sandbox.events import ContractChanged, Event
 from flexbot.sandbox.lifecycle import LifecycleRules
 from flexbot.sandbox.market import MarketSettings
 from tests.conftest import MARKET_START, USERS, Sandbox
+from tests.test_sandbox_conformance import get_order, submit
 
 pytestmark = pytest.mark.anyio
 
@@ -146,20 +147,6 @@ async def bearer(http: httpx.AsyncClient, user: str) -> dict[str, str]:
     )
     assert r.status_code == 200, r.text
     return {"Authorization": f"Bearer {r.json()['access_token']}"}
-
-
-async def submit(http: httpx.AsyncClient, auth: dict[str, str], body: Any) -> dict[str, Any]:
-    r = await http.post("/api/v1/order/", json=body, headers=auth)
-    assert r.status_code == 200, r.text
-    order: dict[str, Any] = r.json()
-    return order
-
-
-async def get_order(http: httpx.AsyncClient, auth: dict[str, str], order_id: str) -> dict[str, Any]:
-    r = await http.get(f"/api/v1/order/{order_id}", headers=auth)
-    assert r.status_code == 200, r.text
-    order: dict[str, Any] = r.json()
-    return order
 
 
 @attrs.define
