@@ -6,8 +6,13 @@ relative to the config file; `${VAR}` may appear in it, e.g.
 `file:${CREDENTIALS_DIRECTORY}/flexbot-password` for a systemd credential). References are resolved
 when the config is loaded, so `flexbot check-config` reports a missing variable or file too.
 
-Sections so far: `market` (where and who), `logging`. The daemon's later sections (risk, store,
-strategies, meters, metrics) join this schema as they are built.
+Sections: `market` (where and who), `store` (the SQLite file), `strategies` (where their files
+and code live), `engine`, `risk` (global limits), `kill_switch`, `logging`. Paths are relative to
+the config file and may use `${VAR}` (e.g. `${STATE_DIRECTORY}/flexbot.db` under systemd).
+
+Each strategy is one YAML file in `strategies.config_dir` (see `flexbot.engine.loader`); its
+problems are reported under its own file name, e.g.
+`config/strategies/peak.yaml: $.params.max_price: expected a number, got the string 'abc'`.
 """
 
 from __future__ import annotations
@@ -23,12 +28,15 @@ import yaml
 from attrs import frozen
 
 from flexbot import wire
+from flexbot.engine.loader import StrategySpec, load_spec
+from flexbot.engine.risk import RiskLimits
 from flexbot.market.auth import Secret
 from flexbot.market.session import ConnectionSettings
 from flexbot.problems import Invalid, Loc, Problem
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "json", "console")
+CLOCKS = ("wall", "sandbox")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -39,6 +47,40 @@ class MarketConfig:
     password: str  # a reference: ${ENV_VAR} or file:PATH
     ca_bundle: str | None = None  # an extra CA to trust (PEM), e.g. a sandbox run with --tls
     timeout_s: float = 10.0
+    # wall: market time is UTC now. sandbox: read it (and its speed) from the sandbox's clock.
+    clock: str = "wall"
+
+
+@frozen
+class StoreConfig:
+    path: str = "flexbot.db"
+
+
+@frozen
+class StrategiesConfig:
+    config_dir: str = "strategies"  # one YAML file a strategy
+    code_dir: str = "../strategies"  # where `module: name` finds name.py
+
+
+@frozen
+class EngineConfig:
+    dry_run: bool = False  # paper trading for every strategy: nothing is sent
+    cancel_on_shutdown: bool = True
+    expiry_lead_s: int = 60  # default expiry: this long before the window starts
+    record: str | None = None  # a JSONL file to record every market event to
+    ticker_buffer: int = 256  # per strategy; the oldest is dropped beyond it
+    max_failures: int = 5  # a strategy failing this often within failure_window_s is disabled
+    failure_window_s: float = 300.0
+    restart_backoff_s: float = 1.0  # the first restart's delay; doubles, up to the cap
+    restart_backoff_cap_s: float = 60.0
+    callback_timeout_s: float = 60.0  # a callback running longer counts as a failure
+    resolve_interval_s: float = 5.0  # how often unknown submissions are looked for
+
+
+@frozen
+class KillSwitchConfig:
+    engaged: bool = False  # engage from the config
+    file: str | None = None  # engaged while this file exists
 
 
 @frozen
@@ -50,6 +92,11 @@ class LoggingConfig:
 @frozen
 class FlexbotConfig:
     market: MarketConfig
+    store: StoreConfig = attrs.field(factory=StoreConfig)
+    strategies: StrategiesConfig = attrs.field(factory=StrategiesConfig)
+    engine: EngineConfig = attrs.field(factory=EngineConfig)
+    risk: RiskLimits = attrs.field(factory=RiskLimits)
+    kill_switch: KillSwitchConfig = attrs.field(factory=KillSwitchConfig)
     logging: LoggingConfig = attrs.field(factory=LoggingConfig)
 
 
@@ -60,19 +107,30 @@ class LoadedConfig:
     path: Path
     config: FlexbotConfig
     connection: ConnectionSettings
+    store_path: Path
+    strategies: tuple[StrategySpec, ...] = ()
+    record_path: Path | None = None
+    kill_switch_file: Path | None = None
 
 
 class ConfigError(Exception):
-    """Every problem of a config file, each as `FILE: $.path: message`."""
+    """Every problem of the config and its strategy files, each as `FILE: $.path: message`."""
 
     def __init__(self, path: Path, problems: list[Problem]) -> None:
         self.path = path
         self.problems = problems
-        super().__init__("\n".join(f"{path}: {p}" for p in problems))
+        self.located: list[tuple[Path, Problem]] = [(path, p) for p in problems]
+        super().__init__("\n".join(self.lines))
+
+    @classmethod
+    def of(cls, located: list[tuple[Path, Problem]]) -> ConfigError:
+        error = cls(located[0][0], [p for _, p in located])
+        error.located = located
+        return error
 
     @property
     def lines(self) -> list[str]:
-        return [f"{self.path}: {p}" for p in self.problems]
+        return [f"{path}: {p}" for path, p in self.located]
 
 
 def load(path: Path, environ: Mapping[str, str] | None = None) -> LoadedConfig:
@@ -92,9 +150,34 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> LoadedConfig:
     ca_bundle = _relative(config.market.ca_bundle, path.parent)
     if ca_bundle is not None and not ca_bundle.is_file():
         problems.append(Problem(("market", "ca_bundle"), f"no such file: {ca_bundle}"))
-    if problems:
-        raise ConfigError(path, problems)
+    paths: dict[str, Path | None] = {}
+    for name, loc, value in (
+        ("store", ("store", "path"), config.store.path),
+        ("record", ("engine", "record"), config.engine.record),
+        ("kill_switch", ("kill_switch", "file"), config.kill_switch.file),
+        ("config_dir", ("strategies", "config_dir"), config.strategies.config_dir),
+        ("code_dir", ("strategies", "code_dir"), config.strategies.code_dir),
+    ):
+        try:
+            paths[name] = _relative(_expand(value, env), path.parent)
+        except Invalid as exc:
+            problems += [p.under(loc) for p in exc.problems]
+    located = [(path, p) for p in problems]
+    strategies: list[StrategySpec] = []
+    config_dir, code_dir = paths.get("config_dir"), paths.get("code_dir")
+    if config_dir is not None and code_dir is not None:
+        if config_dir.is_dir():
+            found, strategy_problems = load_strategies(config_dir, code_dir)
+            strategies, located = found, located + strategy_problems
+        elif config.strategies.config_dir != StrategiesConfig().config_dir:
+            # Only a directory named on purpose must exist; the default may be absent (none).
+            problem = Problem(("strategies", "config_dir"), f"no such directory: {config_dir}")
+            located.append((path, problem))
+    if located:
+        raise ConfigError.of(located)
     assert password is not None
+    store_path = paths["store"]
+    assert store_path is not None
     connection = ConnectionSettings(
         url=config.market.url.rstrip("/"),
         username=config.market.username,
@@ -102,7 +185,50 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> LoadedConfig:
         ca_bundle=ca_bundle,
         timeout_s=config.market.timeout_s,
     )
-    return LoadedConfig(path=path, config=config, connection=connection)
+    return LoadedConfig(
+        path=path,
+        config=config,
+        connection=connection,
+        store_path=store_path,
+        strategies=tuple(strategies),
+        record_path=paths["record"],
+        kill_switch_file=paths["kill_switch"],
+    )
+
+
+def load_strategies(
+    config_dir: Path, code_dir: Path
+) -> tuple[list[StrategySpec], list[tuple[Path, Problem]]]:
+    """Every `*.yaml` in `config_dir`, by name; problems located by file."""
+    specs: list[StrategySpec] = []
+    problems: list[tuple[Path, Problem]] = []
+    for file in sorted([*config_dir.glob("*.yaml"), *config_dir.glob("*.yml")]):
+        try:
+            document = _read_yaml(file)
+            specs.append(load_spec(file, document, code_dir))
+        except ConfigError as exc:
+            problems += exc.located
+        except Invalid as exc:
+            problems += [(file, p) for p in exc.problems]
+    return specs, problems
+
+
+def read_strategy(file: Path, code_dir: Path) -> StrategySpec:
+    """One strategy file (for `flexbot replay`); `ConfigError` lists its problems."""
+    document = _read_yaml(file)
+    try:
+        return load_spec(file, document, code_dir)
+    except Invalid as exc:
+        raise ConfigError(file, list(exc.problems)) from None
+
+
+def _expand(value: str | None, environ: Mapping[str, str]) -> str | None:
+    if value is None:
+        return None
+    missing = [name for name in _VAR.findall(value) if name not in environ]
+    if missing:
+        raise Invalid.single((), f"environment variable {missing[0]} is not set")
+    return _VAR.sub(lambda m: environ[m[1]], value)
 
 
 def resolve_secret(reference: str, base: Path, environ: Mapping[str, str]) -> Secret:
@@ -158,6 +284,20 @@ def _check(config: FlexbotConfig) -> list[Problem]:
         bad(("market", "username"), "must not be empty")
     if not market.timeout_s > 0:
         bad(("market", "timeout_s"), "must be greater than 0")
+    if market.clock not in CLOCKS:
+        bad(("market", "clock"), f"must be one of {', '.join(CLOCKS)}")
+    engine = config.engine
+    for name in ("failure_window_s", "restart_backoff_s", "restart_backoff_cap_s"):
+        if not getattr(engine, name) > 0:
+            bad(("engine", name), "must be greater than 0")
+    for name in ("callback_timeout_s", "resolve_interval_s"):
+        if not getattr(engine, name) > 0:
+            bad(("engine", name), "must be greater than 0")
+    for name in ("ticker_buffer", "max_failures"):
+        if getattr(engine, name) < 1:
+            bad(("engine", name), "must be at least 1")
+    if engine.expiry_lead_s < 0:
+        bad(("engine", "expiry_lead_s"), "must be 0 or more")
     if config.logging.level not in LOG_LEVELS:
         bad(("logging", "level"), f"must be one of {', '.join(LOG_LEVELS)}")
     if config.logging.format not in LOG_FORMATS:

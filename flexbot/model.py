@@ -62,6 +62,20 @@ class ContractStatus(enum.StrEnum):
     SETTLEMENT_COMPLETED_FAILED = "settlement_completed_failed"
 
 
+_FINAL_CONTRACT_STATUSES = frozenset(
+    {
+        ContractStatus.VERIFICATION_COMPLETED_FAILED,  # nothing follows a failed verification [A]
+        ContractStatus.SETTLEMENT_COMPLETED_SUCCESS,
+        ContractStatus.SETTLEMENT_COMPLETED_FAILED,
+    }
+)
+
+
+def is_final_contract_status(status: ContractStatus | str) -> bool:
+    """No further news of a contract in a final status; an unknown name is not final."""
+    return status in _FINAL_CONTRACT_STATUSES
+
+
 class VerificationStatus(enum.StrEnum):
     PENDING = "pending"
     INITIATED = "initiated"

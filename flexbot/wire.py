@@ -107,6 +107,8 @@ def decimal_to_json(value: Decimal) -> float | int:
 def _kind(value: object) -> str:
     if value is None:
         return "null"
+    if isinstance(value, str) and len(value) <= 40:
+        return f"the string {value!r}"  # short strings are shown: the typo is the message
     return {
         bool: "a boolean",
         str: "a string",
@@ -354,6 +356,13 @@ def structure(
         return converter.structure(data, cls)
     except (cattrs.BaseValidationError, ValueError, TypeError, KeyError) as exc:
         raise Invalid(list(_problems(exc, loc))) from None
+
+
+def register_enum(cls: type[enum.StrEnum]) -> None:
+    """Read `cls` strictly (a name outside it is a located error listing the allowed ones) in
+    both converters: for enums of our own configuration, e.g. a trading state."""
+    for conv in (CONVERTER, STRICT_CONVERTER):
+        conv.register_structure_hook(cls, _strict_enum(cls))
 
 
 def attrs_has(cls: type) -> bool:

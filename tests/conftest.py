@@ -17,7 +17,7 @@ import httpx
 import pytest
 import trio
 
-from flexbot.sandbox.clock import ManualWall, MarketClock
+from flexbot.clock import ManualWall, MarketClock
 from flexbot.sandbox.market import MarketSettings, SandboxMarket
 from flexbot.sandbox.server import Running, ServerSettings, serve
 

@@ -72,7 +72,7 @@ def test_a_systemd_credential_path_expands_its_variable(tmp_path: Path) -> None:
         ({"password": "file:missing"}, "$.market.password: cannot read"),
         ({"url": "ftp://x"}, "$.market.url: expected https://host[:port]"),
         ({"username": ""}, "$.market.username: must not be empty"),
-        ({"timeout_s": "abc"}, "$.market.timeout_s: expected a number, got a string"),
+        ({"timeout_s": "abc"}, "$.market.timeout_s: expected a number, got the string 'abc'"),
         ({"timeout_s": 0}, "$.market.timeout_s: must be greater than 0"),
         ({"typo": 1}, "$.market.typo: unknown key"),
         ({"ca_bundle": "nowhere.pem"}, "$.market.ca_bundle: no such file"),
@@ -88,11 +88,11 @@ def test_a_bad_market_section_is_located(
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
-    document = {"market": {**GOOD["market"], "extra": 1, "timeout_s": "x"}, "risk": {}}
+    document = {"market": {**GOOD["market"], "extra": 1, "timeout_s": "x"}, "riks": {}}
     lines = problems_of(write(tmp_path, document))
     assert len(lines) == 3
     assert {line.split(": ")[1] for line in lines} == {
-        "$.risk",
+        "$.riks",
         "$.market.extra",
         "$.market.timeout_s",
     }

@@ -25,7 +25,7 @@ from trio_websocket import ConnectionClosed, ConnectionRejected
 
 from flexbot import model, wire
 from flexbot.problems import Invalid
-from flexbot.sandbox.clock import ManualWall, MarketClock
+from flexbot.clock import ManualWall, MarketClock
 from flexbot.sandbox.counterparties import Counterparties
 from flexbot.sandbox.faults import FAULT_NAMES, FaultSettings, parse_fault_option
 from flexbot.sandbox.market import MarketSettings, SandboxMarket

@@ -36,4 +36,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     market = loaded.config.market
     print(f"{args.config}: valid; market {market.url} as {market.username}, password resolved")
+    for spec in loaded.strategies:
+        modes = [m for m, on in (("disabled", not spec.enabled), ("dry run", spec.dry_run)) if on]
+        suffix = f" ({', '.join(modes)})" if modes else ""
+        print(f"  strategy {spec.name}: {spec.cls.__name__} v{spec.version}{suffix}")
+    enabled = sum(s.enabled for s in loaded.strategies)
+    print(f"{len(loaded.strategies)} strategies, {enabled} enabled; store {loaded.store_path}")
     return 0

@@ -24,7 +24,7 @@ final status.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal, Protocol
@@ -86,10 +86,12 @@ class MarketFeed:
         orders: OrderSource | None = None,
         ssl_context: ssl.SSLContext | None = None,
         endpoints: tuple[Endpoint, ...] = tuple(Endpoint),
+        recorder: Callable[[Endpoint, str | bytes], None] | None = None,
     ) -> None:
         if Endpoint.TRADE in endpoints and (client is None or tokens is None):
             raise ValueError("/trade needs a token and a REST client (for reconciliation)")
         self.settings = settings
+        self._recorder = recorder  # sees every frame as received, before anything else
         self._client = client
         self._orders = orders or NoOrders()
         # Parsed JSON of the newest book frame; None after a drop (the book is unknown).
@@ -129,6 +131,8 @@ class MarketFeed:
     # --- order book -----------------------------------------------------------------------------
 
     async def _on_book_frame(self, frame: str | bytes) -> None:
+        if self._recorder is not None:
+            self._recorder(Endpoint.ORDERBOOK, frame)
         # Parse (cheap) now, structure (dear) on read: a frame that is not even a JSON book must
         # not displace the newest good one.
         try:
@@ -184,6 +188,8 @@ class MarketFeed:
     # --- ticker ---------------------------------------------------------------------------------
 
     async def _on_ticker_frame(self, frame: str | bytes) -> None:
+        if self._recorder is not None:
+            self._recorder(Endpoint.TICKER, frame)
         message = decode_frame(frame, Endpoint.TICKER, self.consumers[Endpoint.TICKER].stats)
         if message is None or self.ticker.put(message):
             return
@@ -193,6 +199,8 @@ class MarketFeed:
     # --- trade and the order truth --------------------------------------------------------------
 
     async def _on_trade_frame(self, frame: str | bytes) -> None:
+        if self._recorder is not None:
+            self._recorder(Endpoint.TRADE, frame)
         message = decode_frame(frame, Endpoint.TRADE, self.consumers[Endpoint.TRADE].stats)
         if message is None:
             # An own-order event we could not read: find out from REST what it said.

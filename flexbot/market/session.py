@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -101,6 +101,7 @@ class MarketSession:
         orders: OrderSource | None = None,
         endpoints: tuple[Endpoint, ...] = tuple(Endpoint),
         streams: StreamSettings | None = None,
+        recorder: Callable[[Endpoint, str | bytes], None] | None = None,
     ) -> MarketFeed:
         settings = FeedSettings(streams=streams or StreamSettings(ws_url=self.settings.ws_url))
         return MarketFeed(
@@ -110,6 +111,7 @@ class MarketSession:
             orders=orders,
             ssl_context=self.ssl,
             endpoints=endpoints,
+            recorder=recorder,
         )
 
 

@@ -18,9 +18,9 @@ import attrs
 from attrs import frozen
 
 from flexbot import model, rules, wire
+from flexbot.clock import MarketClock
 from flexbot.problems import Invalid
 from flexbot.sandbox.auth import TokenIssuer
-from flexbot.sandbox.clock import MarketClock
 from flexbot.sandbox.events import ContractChanged, Event
 from flexbot.sandbox.faults import Faults, FaultSettings
 from flexbot.sandbox.lifecycle import ContractLifecycle, LifecycleRules

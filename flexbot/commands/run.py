@@ -1,0 +1,101 @@
+"""`flexbot run` (the daemon) and `flexbot kill-switch engage|release|status`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import trio
+
+from flexbot import config, daemon, wire
+from flexbot.commands import add_log_format
+from flexbot.engine import killswitch
+from flexbot.store import Store, StoreError
+
+DEFAULT_CONFIG = Path("config/flexbot.yaml")
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=Path(os.environ.get("FLEXBOT_CONFIG", DEFAULT_CONFIG)),
+        help=f"the config file (env FLEXBOT_CONFIG, default {DEFAULT_CONFIG})",
+    )
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run_parser = sub.add_parser("run", help="run the trading daemon")
+    _add_config(run_parser)
+    add_log_format(run_parser)
+    run_parser.set_defaults(run=run)
+
+    kill = sub.add_parser("kill-switch", help="engage, release or show the kill switch latch")
+    kill.add_argument("action", choices=["engage", "release", "status"])
+    _add_config(kill)
+    add_log_format(kill)
+    kill.set_defaults(run=run_kill_switch)
+
+
+def _load(path: Path) -> config.LoadedConfig | None:
+    try:
+        return config.load(path)
+    except config.ConfigError as exc:
+        for line in exc.lines:
+            print(line, file=sys.stderr)
+        print(
+            f"{len(exc.problems)} problem(s): fix them, `flexbot check-config` to re-check",
+            file=sys.stderr,
+        )
+        return None
+
+
+def run(args: argparse.Namespace) -> int:
+    loaded = _load(args.config)
+    if loaded is None:
+        return 2
+    try:
+        return trio.run(daemon.run, loaded)
+    except StoreError as exc:
+        print(f"flexbot run: {exc}", file=sys.stderr)
+        return 1
+
+
+def run_kill_switch(args: argparse.Namespace) -> int:
+    loaded = _load(args.config)
+    if loaded is None:
+        return 2
+    try:
+        store = Store.open(loaded.store_path)
+    except StoreError as exc:
+        print(f"flexbot kill-switch: {exc}", file=sys.stderr)
+        return 1
+    try:
+        if args.action == "engage":
+            at = wire.format_datetime(datetime.now(UTC))
+            killswitch.engage_latch(store, "flexbot kill-switch engage", at)
+            print("kill switch engaged: the daemon cancels every order within a second")
+        elif args.action == "release":
+            was = killswitch.release_latch(store)
+            print("kill switch latch released" if was else "the latch was not set")
+        latch = killswitch.latch_of(store)
+        others = [
+            why
+            for why, on in (
+                ("config kill_switch.engaged", loaded.config.kill_switch.engaged),
+                (
+                    f"file {loaded.kill_switch_file}",
+                    loaded.kill_switch_file is not None and loaded.kill_switch_file.exists(),
+                ),
+            )
+            if on
+        ]
+        if args.action == "status" or others:
+            reasons = ([f"latch ({latch})"] if latch else []) + others
+            print("engaged: " + ", ".join(reasons) if reasons else "not engaged")
+    finally:
+        store.close()
+    return 0

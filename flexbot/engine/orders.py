@@ -1,0 +1,404 @@
+"""The order tracker: every intent from creation to its last contract, journalled.
+
+    intent ──journal──► PENDING ──sent──► OPEN ──final status──► DONE
+                           │  └──refused──► REJECTED
+                           └──outcome unknown──► UNKNOWN ──seen on the market──► OPEN / DONE
+                                                    └──past expiry, never seen──► LAPSED
+
+An intent is journalled (state PENDING) *before* it is sent. The market's order request carries no
+client id, so an UNKNOWN intent (a timeout, a 504) is matched to a market order by its fingerprint
+(side, power, price, window, location, expiry) when the order shows up on `/trade`, in a listing,
+or in reconciliation; two unresolved intents never share a fingerprint (the second is refused), so
+the match is unambiguous. An UNKNOWN intent is never counted as failed and never resent; it lapses
+only once its expiry has passed without a sign of it, when it can no longer trade.
+
+After a restart the tracker is rebuilt from the journal: PENDING intents become UNKNOWN (they may
+have been sent), and open ones are reconciled by the feed (`open_orders`, the feed's OrderSource).
+
+Market reports are applied idempotently: a report never moves an order out of a final status, an
+older report (`updated_at`) never replaces a newer one, and contracts are merged by id.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import attrs
+import orjson
+from attrs import define, frozen
+
+from flexbot import logs, model, wire
+from flexbot.market.feed import TradeEvent
+from flexbot.store import AsyncStore, JournalRow
+from flexbot.strategy import IntentState, OwnOrder, Position, Window
+
+log = logs.get_logger("flexbot.engine.orders")
+
+Fingerprint = tuple[str, Decimal, Decimal, datetime, datetime, tuple[str, ...], str]
+
+
+class DuplicateIntent(Exception):
+    """An unresolved intent with the same fingerprint exists: resolve it first."""
+
+
+def _exact(value: Decimal) -> Decimal:
+    # What the market will echo: the value after a trip through a JSON float.
+    return wire.to_decimal(wire.decimal_to_json(value)).normalize()
+
+
+def fingerprint(thing: model.OrderRequest | model.Order) -> Fingerprint:
+    """What identifies an order without an id (expiry is compared apart: reports may omit it)."""
+    ids = tuple(sorted(i for i in thing.location.location_id if i))
+    return (
+        str(thing.side),
+        _exact(thing.power),
+        _exact(thing.price),
+        thing.delivery_start,
+        thing.delivery_end,
+        ids,
+        thing.location.country_code,
+    )
+
+
+def matches(request: model.OrderRequest, order: model.Order) -> bool:
+    if fingerprint(request) != fingerprint(order):
+        return False
+    return order.expiry_time is None or order.expiry_time == request.expiry_time
+
+
+@define
+class Intent:
+    client_id: str
+    strategy: str
+    version: str
+    request: model.OrderRequest
+    state: IntentState
+    created_at: datetime
+    dry_run: bool = False
+    order_id: str | None = None
+    order: model.Order | None = None
+    reason: str | None = None
+
+    def snapshot(self) -> OwnOrder:
+        return OwnOrder(
+            client_id=self.client_id,
+            strategy=self.strategy,
+            request=self.request,
+            state=self.state,
+            order_id=self.order_id,
+            order=self.order,
+            reason=self.reason,
+            dry_run=self.dry_run,
+        )
+
+    @property
+    def following(self) -> bool:
+        """News of it is still expected: live, or final with contracts not yet settled."""
+        if self.state.is_live:
+            return True
+        if self.dry_run or self.state is not IntentState.DONE or self.order is None:
+            return False
+        return any(not model.is_final_contract_status(c.status) for c in self.order.contracts)
+
+    def row(self, now: datetime) -> JournalRow:
+        stamp = wire.format_datetime(now)
+        return JournalRow(
+            client_id=self.client_id,
+            strategy=self.strategy,
+            strategy_version=self.version,
+            fingerprint=orjson.dumps(fingerprint(self.request), default=str).decode(),
+            request=wire.dumps(self.request).decode(),
+            state=str(self.state),
+            created_at=wire.format_datetime(self.created_at),
+            updated_at=stamp,
+            order_id=self.order_id,
+            last_order=None if self.order is None else wire.dumps(self.order).decode(),
+            reason=self.reason,
+            dry_run=self.dry_run,
+            following=self.following,
+        )
+
+    @classmethod
+    def from_row(cls, row: JournalRow) -> Intent:
+        state = IntentState(row.state)
+        if state is IntentState.PENDING:
+            state = IntentState.UNKNOWN  # it may have been sent before the crash
+        return cls(
+            client_id=row.client_id,
+            strategy=row.strategy,
+            version=row.strategy_version,
+            request=wire.decode(row.request, model.OrderRequest),
+            state=state,
+            created_at=wire.parse_datetime(row.created_at),
+            dry_run=row.dry_run,
+            order_id=row.order_id,
+            order=None if row.last_order is None else wire.decode(row.last_order, model.Order),
+            reason=row.reason,
+        )
+
+
+@frozen
+class Change:
+    """A change of one own order, for its strategy: the order, and the contract that changed."""
+
+    order: OwnOrder
+    contract: model.Contract | None = None
+
+
+class OrderTracker:
+    """In memory, mirrored to the journal. Also the feed's `OrderSource`."""
+
+    def __init__(self, store: AsyncStore | None) -> None:
+        self._store = store
+        self._intents: dict[str, Intent] = {}  # by client id, in creation order
+        self._by_order_id: dict[str, Intent] = {}
+        # Contract reports for orders not known yet (an unknown intent's order), by order id.
+        self._orphan_contracts: dict[str, list[model.Contract]] = {}
+
+    @classmethod
+    async def restore(cls, store: AsyncStore) -> OrderTracker:
+        tracker = cls(store)
+        for row in await store.run(store.sync.followed):
+            intent = Intent.from_row(row)
+            tracker._add(intent)
+        return tracker
+
+    def _add(self, intent: Intent) -> None:
+        self._intents[intent.client_id] = intent
+        if intent.order_id is not None:
+            self._by_order_id[intent.order_id] = intent
+
+    # --- queries --------------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Intent]:
+        return iter(list(self._intents.values()))
+
+    def get(self, client_id: str) -> Intent | None:
+        return self._intents.get(client_id)
+
+    def by_order_id(self, order_id: str) -> Intent | None:
+        return self._by_order_id.get(order_id)
+
+    def live(self, strategy: str | None = None, *, dry_run: bool | None = None) -> list[Intent]:
+        return [
+            i
+            for i in self._intents.values()
+            if i.state.is_live
+            and (strategy is None or i.strategy == strategy)
+            and (dry_run is None or i.dry_run == dry_run)
+        ]
+
+    def unresolved(self) -> list[Intent]:
+        return [i for i in self._intents.values() if i.state is IntentState.UNKNOWN]
+
+    def open_orders(self) -> Mapping[str, model.Order | None]:
+        """The feed's `OrderSource`: every followed order with a market id (dry-run ones aside)."""
+        return {
+            i.order_id: i.order
+            for i in self._intents.values()
+            if i.order_id is not None and i.following and not i.dry_run
+        }
+
+    def position(
+        self,
+        window: Window,
+        *,
+        strategy: str | None = None,
+        country: str | None = None,
+        dry_run: bool | None = None,
+    ) -> Position:
+        bought = sold = open_buy = open_sell = Decimal(0)
+        for i in self._intents.values():
+            if Window.of(i.request) != window or (strategy is not None and i.strategy != strategy):
+                continue
+            if country is not None and i.request.location.country_code != country:
+                continue
+            if dry_run is not None and i.dry_run != dry_run:
+                continue
+            own = i.snapshot()
+            if i.request.side is model.Side.BUY:
+                bought += own.filled_power_w
+                open_buy += own.remaining_power_w
+            else:
+                sold += own.filled_power_w
+                open_sell += own.remaining_power_w
+        return Position(bought, sold, open_buy, open_sell)
+
+    # --- the intent's own path ------------------------------------------------------------------
+
+    async def new_intent(
+        self,
+        strategy: str,
+        version: str,
+        request: model.OrderRequest,
+        now: datetime,
+        *,
+        dry_run: bool = False,
+    ) -> Intent:
+        """Journal a new intent (PENDING); refuse one that an unresolved intent could be."""
+        for other in self._intents.values():
+            if other.state in (IntentState.PENDING, IntentState.UNKNOWN) and fingerprint(
+                other.request
+            ) == fingerprint(request):
+                raise DuplicateIntent(other.client_id)
+        intent = Intent(
+            client_id=str(uuid.uuid4()),
+            strategy=strategy,
+            version=version,
+            request=request,
+            state=IntentState.PENDING,
+            created_at=now,
+            dry_run=dry_run,
+        )
+        if self._store is not None:
+            await self._store.run(self._store.sync.journal, intent.row(now))
+        self._add(intent)
+        return intent
+
+    async def placed(self, intent: Intent, order: model.Order, now: datetime) -> Change:
+        """The market has the order (its answer, or a report that claimed the intent)."""
+        intent.order_id = order.order_id
+        self._by_order_id[order.order_id] = intent
+        merged = _merge(intent.order, order)
+        for contract in self._orphan_contracts.pop(order.order_id, []):
+            merged = attrs.evolve(merged, contracts=_union([contract], merged.contracts))
+        intent.order = merged
+        # From the merged report: an answer that arrives after a fill report must not reopen it.
+        intent.state = IntentState.DONE if merged.is_final else IntentState.OPEN
+        await self._save(intent, now)
+        return Change(intent.snapshot())
+
+    async def set_state(
+        self, intent: Intent, state: IntentState, now: datetime, reason: str | None = None
+    ) -> Change:
+        intent.state = state
+        intent.reason = reason
+        await self._save(intent, now)
+        return Change(intent.snapshot())
+
+    async def _save(self, intent: Intent, now: datetime) -> None:
+        if self._store is None:
+            return
+        row = intent.row(now)
+        await self._store.run(
+            self._store.sync.update,
+            intent.client_id,
+            state=row.state,
+            order_id=row.order_id,
+            last_order=row.last_order,
+            reason=row.reason,
+            following=row.following,
+            updated_at=row.updated_at,
+        )
+
+    # --- market reports -------------------------------------------------------------------------
+
+    def claim(self, order: model.Order) -> Intent | None:
+        """The unresolved intent this market order is, by fingerprint (oldest first)."""
+        for intent in self._intents.values():
+            if intent.state in (IntentState.PENDING, IntentState.UNKNOWN) and matches(
+                intent.request, order
+            ):
+                return intent
+        return None
+
+    async def apply(self, event: TradeEvent, now: datetime) -> list[Change]:
+        message = event.message
+        if isinstance(message, model.OrderStatusUpdate):
+            return await self.apply_order(message.data, now)
+        if isinstance(message, model.ContractStatusUpdate):
+            return await self.apply_contract(message.data, now)
+        log.info("trade.unknown_message", type=message.type)
+        return []
+
+    async def apply_order(self, order: model.Order, now: datetime) -> list[Change]:
+        intent = self._by_order_id.get(order.order_id)
+        if intent is None:
+            intent = self.claim(order)
+            if intent is None:
+                log.warning("order.untracked", order_id=order.order_id, status=str(order.status))
+                return []
+            # A PENDING intent's report may simply outrun the submission's own answer: no news.
+            if intent.state is IntentState.UNKNOWN:
+                log.info(
+                    "order.resolved",
+                    client_id=intent.client_id,
+                    order_id=order.order_id,
+                    strategy=intent.strategy,
+                    status=str(order.status),
+                )
+            return [await self.placed(intent, order, now)]
+        known = intent.order
+        merged = _merge(known, order)
+        if merged == known:
+            return []
+        intent.order = merged
+        if merged.is_final and intent.state.is_live:
+            intent.state = IntentState.DONE
+        await self._save(intent, now)
+        return [Change(intent.snapshot())]
+
+    async def apply_contract(self, contract: model.Contract, now: datetime) -> list[Change]:
+        changes: list[Change] = []
+        for order_id in (contract.buy_order_id, contract.sell_order_id):
+            intent = self._by_order_id.get(order_id)
+            if intent is None:
+                if any(i.state is IntentState.UNKNOWN for i in self._intents.values()):
+                    self._orphan_contracts.setdefault(order_id, []).append(contract)
+                continue
+            before = intent.order
+            intent.order = _with_contract(before, contract)
+            if intent.order == before:
+                continue
+            await self._save(intent, now)
+            changes.append(Change(intent.snapshot(), contract))
+        return changes
+
+    def forget_finished(self, before: datetime) -> int:
+        """Drop from memory what is no longer followed and whose window ended before `before`."""
+        gone = [
+            i for i in self._intents.values() if not i.following and i.request.delivery_end < before
+        ]
+        for intent in gone:
+            del self._intents[intent.client_id]
+            if intent.order_id is not None:
+                self._by_order_id.pop(intent.order_id, None)
+        return len(gone)
+
+
+def _merge(known: model.Order | None, new: model.Order) -> model.Order:
+    """The newer of two reports of one order, never moving out of a final status, contracts kept."""
+    if known is None:
+        return new
+    if known.is_final and not new.is_final:
+        return attrs.evolve(known, contracts=_union(known.contracts, new.contracts))
+    if (
+        known.updated_at is not None
+        and new.updated_at is not None
+        and new.updated_at < known.updated_at
+    ):
+        return attrs.evolve(known, contracts=_union(known.contracts, new.contracts))
+    return attrs.evolve(new, contracts=_union(new.contracts, known.contracts))
+
+
+def _union(
+    preferred: Iterable[model.Contract], other: Iterable[model.Contract]
+) -> tuple[model.Contract, ...]:
+    by_id = {c.contract_id: c for c in other}
+    by_id.update({c.contract_id: c for c in preferred})
+    return tuple(by_id.values())
+
+
+def _with_contract(order: model.Order | None, contract: model.Contract) -> model.Order | None:
+    if order is None:
+        return None
+    return attrs.evolve(order, contracts=_union([contract], order.contracts))
+
+
+def lapse_due(intent: Intent, now: datetime, grace: timedelta) -> bool:
+    """An unknown intent whose expiry (and a grace for late reports) has passed can no longer
+    trade: if it was placed, it expired unseen."""
+    return intent.state is IntentState.UNKNOWN and now > intent.request.expiry_time + grace

@@ -1,0 +1,228 @@
+"""One strategy in its own task: its inbox, its callbacks, its failures.
+
+A callback that raises (or outlives `callback_timeout_s`) is logged with the strategy's name and
+the strategy is restarted: a new instance from the same params, `on_start` again, after a backoff
+that doubles from `restart_backoff_s` up to its cap. After `max_failures` failures within
+`failure_window_s` it is disabled for the rest of the run: its live orders are cancelled (nobody
+manages them any more) and nothing else is touched. Events that arrive meanwhile wait in the inbox
+(books conflated, facts bounded, own orders kept), so a restarted strategy resumes from the present.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import trio
+from attrs import frozen
+
+from flexbot import logs, model
+from flexbot.engine.inbox import Inbox, Item
+from flexbot.engine.loader import StrategySpec
+from flexbot.market.backoff import Backoff
+from flexbot.strategy import OwnOrder, Position, Strategy, Window
+
+if TYPE_CHECKING:
+    from flexbot.engine.engine import Engine
+
+log = logs.get_logger("flexbot.engine.runner")
+
+
+class RunnerState(enum.StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    RESTARTING = "restarting"
+    DISABLED = "disabled"
+    STOPPED = "stopped"
+
+
+@frozen
+class Supervision:
+    max_failures: int = 5
+    failure_window_s: float = 300.0
+    backoff: Backoff = Backoff(base_s=1.0, cap_s=60.0)
+    callback_timeout_s: float = 60.0
+
+
+class StrategyFailed(Exception):
+    pass
+
+
+class StrategyRunner:
+    def __init__(
+        self, spec: StrategySpec, engine: Engine, supervision: Supervision, fact_capacity: int
+    ) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self._engine = engine
+        self.supervision = supervision
+        self.inbox = Inbox(fact_capacity)
+        self.log = logs.get_logger("flexbot.strategy").bind(strategy=spec.name)
+        self.context = RunnerContext(self, engine)
+        self.strategy: Strategy[Any] = spec.cls(spec.params)
+        self.state = RunnerState.STARTING
+        self.failures: list[float] = []  # trio times of recent failures
+        self.callbacks = 0
+        self._old_params: Any = None
+        self._stopped = trio.Event()
+
+    @property
+    def active(self) -> bool:
+        return self.state in (RunnerState.STARTING, RunnerState.RUNNING, RunnerState.RESTARTING)
+
+    async def run(self) -> None:
+        """Run until cancelled or disabled."""
+        while True:
+            try:
+                await self._call("on_start", self.strategy.on_start, self.context)
+                self.state = RunnerState.RUNNING
+                while True:
+                    item = await self.inbox.next()
+                    await self._dispatch(item)
+            except StrategyFailed:
+                pass
+            if self._too_many_failures():
+                await self._disable()
+                return
+            delay = self.supervision.backoff.ceiling(len(self.failures) - 1)
+            self.state = RunnerState.RESTARTING
+            self.log.warning("strategy.restarting", delay_s=delay, failures=len(self.failures))
+            await trio.sleep(delay)
+            self.strategy = self.spec.cls(self.spec.params)
+
+    async def stop(self) -> None:
+        """Let the strategy say goodbye (`on_stop`), bounded by the callback timeout."""
+        if self.state is RunnerState.RUNNING:
+            with contextlib.suppress(StrategyFailed):  # logged where it failed
+                await self._call("on_stop", self.strategy.on_stop, self.context)
+        if self.state is not RunnerState.DISABLED:
+            self.state = RunnerState.STOPPED
+
+    def reload(self, spec: StrategySpec) -> None:
+        """New params (and limits) from a config reload; `on_reload` runs in the strategy's task."""
+        self._old_params = self.spec.params
+        self.spec = spec
+        self.strategy.params = spec.params
+        self.inbox.put_reload()
+
+    async def _dispatch(self, item: Item) -> None:
+        strategy, ctx = self.strategy, self.context
+        if item.kind == "order":
+            assert item.change is not None
+            change = item.change
+            if change.contract is not None:
+                await self._call(
+                    "on_contract", strategy.on_contract, ctx, change.contract, change.order
+                )
+            else:
+                await self._call("on_order", strategy.on_order, ctx, change.order)
+        elif item.kind == "book":
+            assert item.book is not None
+            await self._call("on_book", strategy.on_book, ctx, item.book)
+        elif item.kind == "fact":
+            if isinstance(item.fact, model.Ticker):
+                await self._call("on_ticker", strategy.on_ticker, ctx, item.fact)
+            elif isinstance(item.fact, model.ExpiredOrder):
+                await self._call("on_expired", strategy.on_expired, ctx, item.fact)
+        elif item.kind == "timer":
+            await self._call("on_timer", strategy.on_timer, ctx)
+        elif item.kind == "reload":
+            await self._call("on_reload", strategy.on_reload, ctx, self._old_params)
+
+    async def _call(self, name: str, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        self.callbacks += 1
+        try:
+            with trio.fail_after(self.supervision.callback_timeout_s):
+                await fn(*args)
+        except trio.TooSlowError:
+            self._failed(name, f"took longer than {self.supervision.callback_timeout_s} s")
+        except Exception as exc:
+            self._failed(name, f"{type(exc).__name__}: {exc}", exc)
+
+    def _failed(self, callback: str, reason: str, exc: BaseException | None = None) -> None:
+        self.failures.append(trio.current_time())
+        self.log.error(
+            "strategy.failed",
+            callback=callback,
+            reason=reason[:500],
+            failures=len(self.failures),
+            exc_info=exc,
+        )
+        raise StrategyFailed(reason)
+
+    def _too_many_failures(self) -> bool:
+        horizon = trio.current_time() - self.supervision.failure_window_s
+        self.failures = [t for t in self.failures if t > horizon]
+        return len(self.failures) >= self.supervision.max_failures
+
+    async def _disable(self) -> None:
+        self.state = RunnerState.DISABLED
+        live = await self._engine.cancel_all(self.name)
+        self.log.error(
+            "strategy.disabled",
+            failures=len(self.failures),
+            window_s=self.supervision.failure_window_s,
+            cancelled=live,
+        )
+
+
+class RunnerContext:
+    """The `flexbot.strategy.Context` of one strategy."""
+
+    def __init__(self, runner: StrategyRunner, engine: Engine) -> None:
+        self._runner = runner
+        self._engine = engine
+        self.name = runner.name
+        self.log = runner.log
+
+    @property
+    def now(self) -> datetime:
+        return self._engine.clock.now()
+
+    @property
+    def book(self) -> model.OrderBook | None:
+        return self._engine.view.book
+
+    @property
+    def trades(self) -> Sequence[model.Ticker]:
+        return tuple(self._engine.view.trades)
+
+    @property
+    def orders(self) -> Sequence[OwnOrder]:
+        return [i.snapshot() for i in self._engine.tracker.live(self.name)]
+
+    def position(self, window: Window) -> Position:
+        return self._engine.tracker.position(window, strategy=self.name)
+
+    async def place(
+        self,
+        side: model.Side,
+        power_w: Decimal,
+        price: Decimal,
+        window: Window,
+        *,
+        expiry: datetime | None = None,
+        location: model.Location | None = None,
+        baseline: model.MeterReading | None = None,
+    ) -> OwnOrder:
+        return await self._engine.place(
+            self._runner,
+            side,
+            power_w,
+            price,
+            window,
+            expiry=expiry,
+            location=location,
+            baseline=baseline,
+        )
+
+    async def cancel(self, order: OwnOrder | str) -> OwnOrder:
+        client_id = order if isinstance(order, str) else order.client_id
+        return await self._engine.cancel(client_id, strategy=self.name)
+
+    async def cancel_all(self) -> int:
+        return await self._engine.cancel_all(self.name)

@@ -1,0 +1,226 @@
+"""SQLite state that must survive a crash: the order journal and the engine's latches.
+
+One file, WAL mode, `synchronous=FULL`: a committed row is on disk before the call returns, so an
+order journalled here *before* it is sent can never be forgotten by a crash, a SIGKILL or a power
+cut. The schema is versioned (`PRAGMA user_version`) and migrated forward on open, one step at a
+time, so a store written by an older flexbot opens in a newer one; a store from a *newer* flexbot
+is refused rather than misread.
+
+The methods are synchronous and short; async callers run them through `AsyncStore`, which keeps the
+event loop free while SQLite waits for the disk and serializes access to the one connection.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import trio
+from attrs import frozen
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class StoreError(Exception):
+    """The store cannot be used (unreadable, or written by a newer flexbot)."""
+
+
+# Each migration takes the schema from version i to i + 1. Never edit one that has shipped: add
+# the next.
+MIGRATIONS: Sequence[str] = (
+    """
+    CREATE TABLE orders (
+        client_id        TEXT PRIMARY KEY,
+        strategy         TEXT NOT NULL,
+        strategy_version TEXT NOT NULL,
+        fingerprint      TEXT NOT NULL,
+        request          TEXT NOT NULL,      -- the OrderRequest as wire JSON
+        state            TEXT NOT NULL,      -- see flexbot.engine.orders.IntentState
+        order_id         TEXT UNIQUE,        -- the market's id, once known
+        last_order       TEXT,               -- the market's latest Order as wire JSON
+        reason           TEXT,               -- why it was rejected or lapsed
+        dry_run          INTEGER NOT NULL DEFAULT 0,
+        following        INTEGER NOT NULL DEFAULT 1,  -- 1 while news of it is still expected
+        created_at       TEXT NOT NULL,      -- market time, ISO 8601 UTC
+        updated_at       TEXT NOT NULL
+    );
+    CREATE INDEX orders_following ON orders (following) WHERE following = 1;
+    CREATE TABLE flags (
+        name  TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        set_at TEXT NOT NULL
+    );
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@frozen
+class JournalRow:
+    client_id: str
+    strategy: str
+    strategy_version: str
+    fingerprint: str
+    request: str
+    state: str
+    created_at: str
+    updated_at: str
+    order_id: str | None = None
+    last_order: str | None = None
+    reason: str | None = None
+    dry_run: bool = False
+    following: bool = True
+
+
+_COLUMNS = (
+    "client_id",
+    "strategy",
+    "strategy_version",
+    "fingerprint",
+    "request",
+    "state",
+    "created_at",
+    "updated_at",
+    "order_id",
+    "last_order",
+    "reason",
+    "dry_run",
+    "following",
+)
+_UPDATABLE = frozenset({"state", "order_id", "last_order", "reason", "following", "updated_at"})
+
+
+class Store:
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
+        self._db = db
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path) -> Store:
+        if str(path) != ":memory:":
+            path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # isolation_level=None: we open transactions ourselves (`_transaction`), explicitly.
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA busy_timeout=5000")
+            _migrate(db, path)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{path}: cannot open the store: {exc}") from None
+        return cls(db, path)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    # --- the order journal ----------------------------------------------------------------------
+
+    def journal(self, row: JournalRow) -> None:
+        values = [getattr(row, c) for c in _COLUMNS]
+        marks = ", ".join("?" for _ in _COLUMNS)
+        with _transaction(self._db):
+            self._db.execute(f"INSERT INTO orders ({', '.join(_COLUMNS)}) VALUES ({marks})", values)
+
+    def update(self, client_id: str, **fields: Any) -> None:
+        unknown = set(fields) - _UPDATABLE
+        if unknown:
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        with _transaction(self._db):
+            self._db.execute(
+                f"UPDATE orders SET {assignments} WHERE client_id = ?",
+                [*fields.values(), client_id],
+            )
+
+    def followed(self) -> list[JournalRow]:
+        """Every journalled order news is still expected of, oldest first."""
+        return list(self._rows("WHERE following = 1 ORDER BY created_at, rowid"))
+
+    def orders(self, *, limit: int | None = None) -> list[JournalRow]:
+        """The whole journal, newest first."""
+        tail = " LIMIT ?" if limit is not None else ""
+        args = (limit,) if limit is not None else ()
+        return list(self._rows(f"ORDER BY created_at DESC, rowid DESC{tail}", args))
+
+    def _rows(self, clause: str, args: Sequence[Any] = ()) -> Iterator[JournalRow]:
+        query = f"SELECT {', '.join(_COLUMNS)} FROM orders {clause}"
+        for values in self._db.execute(query, args):
+            row = dict(zip(_COLUMNS, values, strict=True))
+            row["dry_run"] = bool(row["dry_run"])
+            row["following"] = bool(row["following"])
+            yield JournalRow(**row)
+
+    # --- flags (latches that outlive a restart, e.g. the kill switch) ---------------------------
+
+    def flag(self, name: str) -> str | None:
+        found = self._db.execute("SELECT value FROM flags WHERE name = ?", (name,)).fetchone()
+        return None if found is None else str(found[0])
+
+    def set_flag(self, name: str, value: str | None, at: str = "") -> None:
+        with _transaction(self._db):
+            if value is None:
+                self._db.execute("DELETE FROM flags WHERE name = ?", (name,))
+            else:
+                self._db.execute(
+                    "INSERT INTO flags (name, value, set_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET value = excluded.value, "
+                    "set_at = excluded.set_at",
+                    (name, value, at),
+                )
+
+
+class AsyncStore:
+    """`Store` for trio code: each call runs in a worker thread, one at a time."""
+
+    def __init__(self, store: Store) -> None:
+        self.sync = store
+        self._lock = trio.Lock()
+
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        async with self._lock:
+            return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: object, *_: object) -> None:
+        self._db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+
+def _transaction(db: sqlite3.Connection) -> _Transaction:
+    return _Transaction(db)
+
+
+def _migrate(db: sqlite3.Connection, path: Path) -> None:
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{path}: the store has schema version {version}, newer than this flexbot knows "
+            f"({SCHEMA_VERSION}): upgrade flexbot, or point store.path at another file"
+        )
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        with _transaction(db):
+            for statement in _statements(MIGRATIONS[target - 1]):
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {target}")
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a migration script into statements (ours hold no `;` inside literals)."""
+    for part in script.split(";"):
+        lines = [line.split("--", 1)[0] for line in part.splitlines()]
+        statement = "\n".join(lines).strip()
+        if statement:
+            yield statement

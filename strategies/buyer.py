@@ -1,0 +1,69 @@
+"""Buy flexibility below a limit price, for the delivery windows that need it.
+
+For each of the next `windows_ahead` windows (the first at least `lead_s` ahead), or only those
+starting in `hours_utc` when given, buy up to `power_w` in total. On each order book it takes the
+cheapest offers priced at or below `limit_price` that fit in what is still needed (sells are
+all-or-nothing, so an offer is taken whole or not at all), paying the offer's own price.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import attrs
+
+from flexbot import model
+from flexbot.problems import Invalid
+from flexbot.schedule import Timer
+from flexbot.strategy import Context, IntentState, Strategy, Window, asks_in
+
+
+def _positive(instance: object, attribute: attrs.Attribute[Decimal], value: Decimal) -> None:
+    if not value > 0:
+        raise Invalid.single((attribute.name,), f"must be greater than 0, got {value}")
+
+
+@attrs.frozen
+class Params:
+    limit_price: Decimal = attrs.field(validator=_positive)  # €/kWh: never pay more
+    power_w: Decimal = attrs.field(default=Decimal(5000), validator=_positive)  # per window
+    windows_ahead: int = 4
+    lead_s: int = 900
+    hours_utc: tuple[int, ...] = ()  # only windows starting in these hours; () for all
+    country: str = ""  # only offers from this country ("" for any)
+
+
+class FlexBuyer(Strategy[Params]):
+    Params = Params
+    version = "1"
+    timer = Timer(interval_s=60)
+
+    def __init__(self, params: Params) -> None:
+        super().__init__(params)
+        self._refused: set[Window] = set()
+
+    def windows(self, ctx: Context) -> list[Window]:
+        p = self.params
+        upcoming = Window.upcoming(ctx.now, p.windows_ahead, lead_s=p.lead_s)
+        return [w for w in upcoming if not p.hours_utc or w.start.hour in p.hours_utc]
+
+    async def on_book(self, ctx: Context, book: model.OrderBook) -> None:
+        p = self.params
+        for window in self.windows(ctx):
+            if window in self._refused:
+                continue
+            position = ctx.position(window)
+            need = p.power_w - position.bought_w - position.open_buy_w
+            for ask in asks_in(book, window, p.country):
+                if ask.price > p.limit_price:
+                    break  # best first: none further is cheap enough
+                if ask.power > need:
+                    continue
+                placed = await ctx.place(model.Side.BUY, ask.power, ask.price, window)
+                if placed.state is IntentState.REJECTED:
+                    self._refused.add(window)
+                    break
+                need -= ask.power
+
+    async def on_timer(self, ctx: Context) -> None:
+        self._refused.clear()  # try refused windows again, once a tick, not at every book

@@ -1,0 +1,127 @@
+"""Sell the aggregator's flexibility, window by window, never below a floor price.
+
+For each of the next `windows_ahead` delivery windows (the first at least `lead_s` ahead), offer the
+flexibility available in that window (`capacity_w`, or the `schedule` entry covering the window's
+start hour) at `ask_price`, with a flat baseline of the site's usual load (`baseline_w`): a sell is
+matched only once the market has its baseline.
+
+Re-pricing: when the book shows a bid for the window that could take the whole offer, priced below
+our ask but at or above the floor, the offer is cancelled and placed again at that bid's price, so
+it trades. Offers below the floor are never made.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import attrs
+
+from flexbot import model
+from flexbot.problems import Invalid
+from flexbot.schedule import Timer
+from flexbot.strategy import (
+    Context,
+    IntentState,
+    OwnOrder,
+    Strategy,
+    Window,
+    bids_in,
+    flat_baseline,
+)
+
+
+def _positive(instance: object, attribute: attrs.Attribute[Decimal], value: Decimal) -> None:
+    if not value > 0:
+        raise Invalid.single((attribute.name,), f"must be greater than 0, got {value}")
+
+
+@attrs.frozen
+class Slot:
+    """Available flexibility from `from_hour` to `to_hour` (UTC, 0-24)."""
+
+    from_hour: int
+    to_hour: int
+    power_w: Decimal
+
+
+@attrs.frozen
+class Params:
+    floor_price: Decimal = attrs.field(validator=_positive)  # €/kWh: never sell below
+    ask_price: Decimal = attrs.field(validator=_positive)  # €/kWh: the first offer's price
+    capacity_w: Decimal = Decimal(5000)  # flexibility available in a window, unless scheduled
+    schedule: tuple[Slot, ...] = ()  # overrides capacity_w in the hours it covers
+    baseline_w: Decimal = Decimal(10000)  # the site's usual load, for the baseline
+    windows_ahead: int = 4
+    lead_s: int = 900  # the first window starts at least this long from now
+
+    def __attrs_post_init__(self) -> None:
+        if self.ask_price < self.floor_price:
+            raise Invalid.single(("ask_price",), "must not be below floor_price")
+
+
+class FlexSeller(Strategy[Params]):
+    Params = Params
+    version = "1"
+    timer = Timer(interval_s=60)
+
+    def __init__(self, params: Params) -> None:
+        super().__init__(params)
+        self._refused: set[Window] = set()  # windows refused (by risk) since the last timer tick
+
+    async def on_start(self, ctx: Context) -> None:
+        await self._offer(ctx)
+
+    async def on_timer(self, ctx: Context) -> None:
+        self._refused.clear()
+        await self._offer(ctx)
+
+    async def on_book(self, ctx: Context, book: model.OrderBook) -> None:
+        for order in ctx.orders:
+            if order.side is model.Side.SELL and order.order_id is not None:
+                await self._reprice(ctx, order, book)
+        await self._offer(ctx)
+
+    def capacity(self, window: Window) -> Decimal:
+        for slot in self.params.schedule:
+            if slot.from_hour <= window.start.hour < slot.to_hour:
+                return slot.power_w
+        return self.params.capacity_w
+
+    async def _offer(self, ctx: Context) -> None:
+        p = self.params
+        for window in Window.upcoming(ctx.now, p.windows_ahead, lead_s=p.lead_s):
+            position = ctx.position(window)
+            free = self.capacity(window) - position.sold_w - position.open_sell_w
+            if free <= 0 or window in self._refused:
+                continue
+            placed = await ctx.place(
+                model.Side.SELL,
+                free,
+                p.ask_price,
+                window,
+                baseline=flat_baseline(window, p.baseline_w, created_at=ctx.now),
+            )
+            if placed.state is IntentState.REJECTED:
+                self._refused.add(window)  # try again at the next tick, not at every book
+
+    async def _reprice(self, ctx: Context, order: OwnOrder, book: model.OrderBook) -> None:
+        country = order.request.location.country_code
+        takers = [b for b in bids_in(book, order.window, country) if b.power >= order.power_w]
+        if not takers:
+            return
+        best = takers[0].price
+        if not (self.params.floor_price <= best < order.price):
+            return
+        cancelled = await ctx.cancel(order)
+        if cancelled.is_live or cancelled.filled_power_w > 0:
+            return  # not cancelled (yet), or it traded meanwhile: nothing to re-place
+        ctx.log.info(
+            "seller.reprice", window=str(order.window), old=float(order.price), new=float(best)
+        )
+        await ctx.place(
+            model.Side.SELL,
+            order.power_w,
+            best,
+            order.window,
+            baseline=order.request.baseline,
+        )
