@@ -28,7 +28,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict flexbot
+	$(BIN)/mypy --strict flexbot strategies
 
 format: $(STAMP)
 	$(BIN)/ruff format .

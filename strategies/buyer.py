@@ -24,7 +24,7 @@ def _positive(instance: object, attribute: attrs.Attribute[Decimal], value: Deci
 
 
 @attrs.frozen
-class Params:
+class BuyerParams:
     limit_price: Decimal = attrs.field(validator=_positive)  # €/kWh: never pay more
     power_w: Decimal = attrs.field(default=Decimal(5000), validator=_positive)  # per window
     windows_ahead: int = 4
@@ -33,12 +33,12 @@ class Params:
     country: str = ""  # only offers from this country ("" for any)
 
 
-class FlexBuyer(Strategy[Params]):
-    Params = Params
+class FlexBuyer(Strategy[BuyerParams]):
+    Params = BuyerParams
     version = "1"
     timer = Timer(interval_s=60)
 
-    def __init__(self, params: Params) -> None:
+    def __init__(self, params: BuyerParams) -> None:
         super().__init__(params)
         self._refused: set[Window] = set()
 

@@ -45,7 +45,7 @@ class Slot:
 
 
 @attrs.frozen
-class Params:
+class SellerParams:
     floor_price: Decimal = attrs.field(validator=_positive)  # €/kWh: never sell below
     ask_price: Decimal = attrs.field(validator=_positive)  # €/kWh: the first offer's price
     capacity_w: Decimal = Decimal(5000)  # flexibility available in a window, unless scheduled
@@ -59,12 +59,12 @@ class Params:
             raise Invalid.single(("ask_price",), "must not be below floor_price")
 
 
-class FlexSeller(Strategy[Params]):
-    Params = Params
+class FlexSeller(Strategy[SellerParams]):
+    Params = SellerParams
     version = "1"
     timer = Timer(interval_s=60)
 
-    def __init__(self, params: Params) -> None:
+    def __init__(self, params: SellerParams) -> None:
         super().__init__(params)
         self._refused: set[Window] = set()  # windows refused (by risk) since the last timer tick
 

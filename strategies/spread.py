@@ -33,7 +33,7 @@ def _positive(instance: object, attribute: attrs.Attribute[Decimal], value: Deci
 
 
 @attrs.frozen
-class Params:
+class SpreadParams:
     fair_price: Decimal = attrs.field(validator=_positive)  # €/kWh: the mid when nothing trades
     half_spread: Decimal = attrs.field(default=Decimal("0.02"), validator=_positive)
     quote_w: Decimal = attrs.field(default=Decimal(2000), validator=_positive)
@@ -48,8 +48,8 @@ class Params:
             raise Invalid.single(("half_spread",), "must be below fair_price (bids stay positive)")
 
 
-class MarketMaker(Strategy[Params]):
-    Params = Params
+class MarketMaker(Strategy[SpreadParams]):
+    Params = SpreadParams
     version = "1"
 
     async def on_start(self, ctx: Context) -> None:

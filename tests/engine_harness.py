@@ -162,7 +162,7 @@ class Trader:
 async def until(condition: Callable[[], bool], bound: float = BOUND_S, step: float = 0.02) -> None:
     """Wait (polling) until `condition()` holds; fail after `bound` seconds."""
     with trio.fail_after(bound):
-        while not condition():
+        while not condition():  # noqa: ASYNC110 - polls state that has no event
             await trio.sleep(step)
 
 

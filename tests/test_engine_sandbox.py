@@ -16,7 +16,7 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_the_buyer_takes_an_offer_at_or_below_its_limit(sandbox: Sandbox) -> None:
-    params = buyer.Params(limit_price=Decimal("0.30"), power_w=Decimal(4000), lead_s=0)
+    params = buyer.BuyerParams(limit_price=Decimal("0.30"), power_w=Decimal(4000), lead_s=0)
     async with (
         trader(sandbox) as bob,
         running_engine(sandbox, [spec(buyer.FlexBuyer, params)]) as h,

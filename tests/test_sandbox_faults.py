@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 from trio_websocket import ConnectionClosed, ConnectionRejected
 
 from flexbot import model, wire
-from flexbot.problems import Invalid
 from flexbot.clock import ManualWall, MarketClock
+from flexbot.problems import Invalid
 from flexbot.sandbox.counterparties import Counterparties
 from flexbot.sandbox.faults import FAULT_NAMES, FaultSettings, parse_fault_option
 from flexbot.sandbox.market import MarketSettings, SandboxMarket
