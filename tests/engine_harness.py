@@ -28,7 +28,7 @@ from flexbot.market.auth import Secret
 from flexbot.market.backoff import Backoff
 from flexbot.market.rest import MarketClient
 from flexbot.market.session import ConnectionSettings, MarketSession, connect
-from flexbot.market.streams import StreamSettings
+from flexbot.market.streams import Endpoint, StreamSettings
 from flexbot.store import AsyncStore, Store
 from flexbot.strategy import Strategy, Window, flat_baseline
 from tests.conftest import USERS, Sandbox
@@ -88,13 +88,14 @@ async def running_engine(
     limits: RiskLimits = RiskLimits(),
     store_path: Path | None = None,
     kill_switch: Callable[[AsyncStore | None], KillSwitch] | None = None,
+    endpoints: tuple[Endpoint, ...] = tuple(Endpoint),
 ) -> AsyncIterator[Harness]:
     async with connect(connection(sandbox, user)) as market:
         store = AsyncStore(Store.open(store_path)) if store_path is not None else None
         try:
             tracker = await OrderTracker.restore(store) if store else OrderTracker(None)
             streams = StreamSettings(ws_url=market.settings.ws_url, connect_timeout_s=5.0)
-            feed = market.feed(orders=tracker, streams=streams)
+            feed = market.feed(orders=tracker, streams=streams, endpoints=endpoints)
             engine = Engine(
                 settings,
                 specs,

@@ -333,6 +333,10 @@ class Engine:
         )
 
     async def _unknown(self, intent: Intent, reason: str) -> None:
+        if intent.order_id is not None:
+            # Its report on /trade outran the lost answer: the order is known already.
+            log.info("order.answer_lost", **_describe(intent), reason=reason)
+            return
         await self.tracker.set_state(intent, IntentState.UNKNOWN, self.clock.now(), reason)
         log.warning("order.unknown", **_describe(intent), reason=reason)
         self._count("unknown")

@@ -140,6 +140,9 @@ class Intent:
         )
 
 
+_NOT_ON_THE_MARKET = frozenset({IntentState.UNKNOWN, IntentState.REJECTED, IntentState.LAPSED})
+
+
 @frozen
 class Change:
     """A change of one own order, for its strategy: the order, and the contract that changed."""
@@ -274,6 +277,9 @@ class OrderTracker:
     async def set_state(
         self, intent: Intent, state: IntentState, now: datetime, reason: str | None = None
     ) -> Change:
+        if intent.order_id is not None and state in _NOT_ON_THE_MARKET:
+            # The market reported it: it exists, whatever a lost answer or a timer suggests.
+            return Change(intent.snapshot())
         intent.state = state
         intent.reason = reason
         await self._save(intent, now)
