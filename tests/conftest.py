@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import ssl
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from functools import partial
 
@@ -64,10 +65,11 @@ def server_settings() -> ServerSettings:
     return ServerSettings(port=0, graceful_timeout_s=0.5)
 
 
-@pytest.fixture
-async def sandbox(
+@asynccontextmanager
+async def open_sandbox(
     market_settings: MarketSettings, server_settings: ServerSettings
 ) -> AsyncIterator[Sandbox]:
+    """A sandbox in this trio run, on a free loopback port, with a manual wall clock."""
     wall = ManualWall()
     clock = MarketClock(market_settings.time_scale, wall=wall, start=MARKET_START)
     market = SandboxMarket(market_settings, clock=clock)
@@ -76,6 +78,14 @@ async def sandbox(
         running = await nursery.start(partial(serve, market, server_settings, shutdown=shutdown))
         yield Sandbox(market=market, wall=wall, running=running)
         shutdown.set()
+
+
+@pytest.fixture
+async def sandbox(
+    market_settings: MarketSettings, server_settings: ServerSettings
+) -> AsyncIterator[Sandbox]:
+    async with open_sandbox(market_settings, server_settings) as running:
+        yield running
 
 
 @pytest.fixture
