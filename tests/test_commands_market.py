@@ -8,11 +8,8 @@ watch) under bounded deadlines; nothing sleeps a fixed time to synchronise.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -24,86 +21,21 @@ import httpx
 import pytest
 import trio
 
+from tests.processes import READY_S, ROOT, Market, child_env, default_sigint, sandbox_process
+
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
-ROOT = Path(__file__).parents[1]
-READY_S = 15  # the interpreter and its imports start on a shared CI machine
 RUN_S = 20
 UUID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
 DEAD_URL = "http://127.0.0.1:9"  # for commands that must fail before connecting anywhere
 PLACE = ["--side", "buy", "--power", "1000", "--price", "0.2", "--location-id", "meter-1"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    """The test's environment without any market settings of its own, plus `extra`."""
-    skip = {
-        "FLEXBOT_URL",
-        "FLEXBOT_USER",
-        "FLEXBOT_PASSWORD",
-        "FLEXBOT_CONFIG",
-        "CREDENTIALS_DIRECTORY",
-    }
-    env = {k: v for k, v in os.environ.items() if k not in skip}
-    return {**env, "PYTHONUNBUFFERED": "1", **extra}
-
-
-def default_sigint() -> None:
-    """In the child: SIGINT as a terminal's Ctrl-C finds it, even if our parent ignores it."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-@attrs.frozen
-class Market:
-    process: subprocess.Popen[bytes]
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
 @pytest.fixture(scope="module")
 def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Market]:
     """One sandbox subprocess for the module, with alice and bob and no rate limit."""
-    port = free_port()
-    logs = tmp_path_factory.mktemp("sandbox")
-    argv = [
-        *(sys.executable, "-m", "flexbot.cli", "sandbox", "--port", str(port)),
-        *("--user=alice:alice-pw", "--user=bob:bob-pw", "--rate-limit", "off"),
-        *("--log-format", "json"),
-    ]
-    err = logs / "stderr.log"
-    with (logs / "stdout.log").open("wb") as stdout, err.open("wb") as stderr:
-        process = subprocess.Popen(argv, stdout=stdout, stderr=stderr, env=child_env(), cwd=ROOT)
-    try:
-        deadline = time.monotonic() + READY_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"sandbox exited with {process.returncode}: {err.read_text()}")
-            if "listening on" in err.read_text():
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"sandbox not ready after {READY_S} s: {err.read_text()}")
-            time.sleep(0.02)
-        yield Market(process, port)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=1)  # its graceful shutdown is tested elsewhere; do not wait it out
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with sandbox_process(tmp_path_factory.mktemp("sandbox"), "--rate-limit", "off") as running:
+        yield running
 
 
 @attrs.frozen
