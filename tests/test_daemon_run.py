@@ -1,0 +1,182 @@
+"""`flexbot run` as a real subprocess against a sandbox subprocess: it trades, logs JSON, reloads
+its config on SIGHUP (keeping the old one when the new one is invalid), stops cleanly on SIGTERM,
+and never logs the password."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from flexbot import model, wire
+from flexbot.strategy import Window, flat_baseline
+from tests.processes import READY_S, ROOT, Market, child_env, sandbox_process
+
+pytestmark = pytest.mark.slow
+
+STOP_S = 20.0
+
+
+@pytest.fixture(scope="module")
+def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Market]:
+    with sandbox_process(tmp_path_factory.mktemp("sandbox"), "--rate-limit", "off") as running:
+        yield running
+
+
+def write_config(root: Path, market: Market, limit_price: float) -> Path:
+    (root / "strategies").mkdir(exist_ok=True)
+    config = {
+        "market": {
+            "url": market.url,
+            "username": "alice",
+            "password": "${FLEXBOT_PASSWORD}",
+            "clock": "sandbox",
+        },
+        "store": {"path": "state/flexbot.db"},
+        "strategies": {"config_dir": "strategies", "code_dir": str(ROOT / "strategies")},
+        "engine": {"resolve_interval_s": 0.5},
+        "logging": {"format": "json"},
+    }
+    (root / "flexbot.yaml").write_text(yaml.safe_dump(config))
+    write_buyer(root, {"limit_price": limit_price, "power_w": 10000, "lead_s": 0})
+    return root / "flexbot.yaml"
+
+
+def write_buyer(root: Path, params: dict[str, Any]) -> None:
+    buyer = {
+        "module": "buyer",
+        "class": "FlexBuyer",
+        "location": {"location_id": ["site-1"], "country_code": "DE"},
+        "params": params,
+    }
+    (root / "strategies" / "buyer.yaml").write_text(yaml.safe_dump(buyer))
+
+
+class Bob:
+    """The counterparty, over plain HTTP."""
+
+    def __init__(self, market: Market) -> None:
+        self.http = httpx.Client(base_url=market.url, timeout=5)
+        form = {
+            "client_id": "glocalflexmarket_public_api",
+            "grant_type": "password",
+            "username": "bob",
+            "password": "bob-pw",
+        }
+        token = self.http.post("/auth/oauth/v2/token", data=form).json()["access_token"]
+        self.http.headers["Authorization"] = f"Bearer {token}"
+
+    def window(self, index: int) -> Window:
+        now = wire.parse_datetime(self.http.get("/sandbox/clock").json()["now"])
+        return Window.upcoming(now, index + 1, lead_s=300)[index]
+
+    def sell(self, power_w: int, price: float, window: Window) -> str:
+        now = wire.parse_datetime(self.http.get("/sandbox/clock").json()["now"])
+        request = model.OrderRequest(
+            side=model.Side.SELL,
+            power=Decimal(power_w),
+            price=Decimal(str(price)),
+            delivery_start=window.start,
+            delivery_end=window.end,
+            expiry_time=window.start - (window.end - window.start),
+            location=model.Location(location_id=("bob-site",), country_code="DE"),
+            baseline=flat_baseline(window, Decimal(20000), created_at=now),
+        )
+        response = self.http.post("/api/v1/order/", json=wire.unstructure(request))
+        response.raise_for_status()
+        order_id: str = response.json()["order_id"]
+        return order_id
+
+    def status(self, order_id: str) -> str:
+        status: str = self.http.get(f"/api/v1/order/{order_id}").json()["status"]
+        return status
+
+
+class Daemon:
+    def __init__(self, config: Path, out: Path) -> None:
+        self.out = out
+        with out.open("wb") as stdout:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "flexbot.cli", "run", "--config", str(config)],
+                stdout=stdout,
+                stderr=subprocess.STDOUT,
+                env=child_env(FLEXBOT_PASSWORD="alice-pw"),
+                cwd=ROOT,
+            )
+
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.out.read_text().splitlines() if line.strip()]
+
+    def wait_for(self, what: Callable[[dict[str, Any]], bool], bound: float = READY_S) -> None:
+        deadline = time.monotonic() + bound
+        while not any(what(e) for e in self.events()):
+            if self.process.poll() is not None:
+                code = self.process.returncode
+                pytest.fail(f"flexbot run exited {code}:\n{self.out.read_text()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"not seen within {bound} s:\n{self.out.read_text()[-3000:]}")
+            time.sleep(0.05)
+
+    def wait_event(self, name: str, **fields: Any) -> None:
+        self.wait_for(lambda e: e.get("event") == name and fields.items() <= e.items())
+
+
+def until(condition: Callable[[], bool], bound: float = READY_S) -> None:
+    deadline = time.monotonic() + bound
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_the_daemon_trades_reloads_on_sighup_and_stops_on_sigterm(
+    market: Market, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, market, limit_price=0.30)
+    daemon = Daemon(config, tmp_path / "run.log")
+    bob = Bob(market)
+    try:
+        daemon.wait_event("daemon.ready")
+        first = bob.sell(2000, 0.25, bob.window(1))
+        until(lambda: bob.status(first) == "filled")
+        daemon.wait_event("order.filled", strategy="buyer")
+
+        # A valid change applies at once: the limit drops to 0.20.
+        write_buyer(tmp_path, {"limit_price": 0.20, "power_w": 10000, "lead_s": 0})
+        daemon.process.send_signal(signal.SIGHUP)
+        daemon.wait_event("config.reloaded", strategy="buyer")
+        window = bob.window(2)
+        dear = bob.sell(1000, 0.25, window)
+        cheap = bob.sell(1000, 0.18, window)
+        until(lambda: bob.status(cheap) == "filled")
+        assert bob.status(dear) == "matching_active"
+
+        # An invalid change is reported, and the running config stays.
+        write_buyer(tmp_path, {"limit_price": "cheap"})
+        daemon.process.send_signal(signal.SIGHUP)
+        daemon.wait_event("config.reload_failed")
+        assert daemon.process.poll() is None
+
+        daemon.process.send_signal(signal.SIGTERM)
+        status = daemon.process.wait(timeout=STOP_S)
+    finally:
+        if daemon.process.poll() is None:
+            daemon.process.kill()
+            daemon.process.wait()
+    assert status == 0
+    events = daemon.events()  # every line is JSON (this parses each)
+    names = [e["event"] for e in events]
+    assert names.index("daemon.stopping") < names.index("engine.cancelled_on_shutdown")
+    assert names[-1] == "daemon.stopped"
+    failed = next(e for e in events if e["event"] == "config.reload_failed")
+    assert any("$.params.limit_price" in line for line in failed["problems"])
+    assert "alice-pw" not in daemon.out.read_text()
