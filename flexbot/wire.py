@@ -206,9 +206,32 @@ _PREPROCESS: Mapping[type, Callable[[Mapping[str, Any]], Mapping[str, Any]]] = {
 def _object_hook(
     conv: cattrs.Converter, forbid_extra_keys: bool, cls: type[T]
 ) -> Callable[[object, type], T]:
-    fields_fn = make_dict_structure_fn(cls, conv)
+    # A field's key is its name, or its metadata's "key" (`class` for a field `class_`).
+    renames = {
+        a.name: a.metadata["key"]
+        for a in attrs.fields(cls)  # type: ignore[arg-type]
+        if "key" in a.metadata
+    }
+    overrides: dict[str, Any] = {name: override(rename=key) for name, key in renames.items()}
+    plain_fn = make_dict_structure_fn(cls, conv, **overrides)
     preprocess = _PREPROCESS.get(cls)
-    known = [a.alias or a.name for a in attrs.fields(cls)]  # type: ignore[arg-type]
+    known = [renames.get(a.name, a.name) for a in attrs.fields(cls)]  # type: ignore[arg-type]
+
+    def fields_fn(value: Mapping[str, Any], cls: type[T]) -> T:
+        if not renames:
+            return plain_fn(value, cls)
+        try:
+            return plain_fn(value, cls)
+        except (cattrs.BaseValidationError, ValueError, TypeError, KeyError) as exc:
+            # Locate problems by the document's key (`class`), not the attribute (`class_`).
+            raise Invalid(
+                [
+                    attrs.evolve(p, loc=(renames.get(str(p.loc[0]), p.loc[0]), *p.loc[1:]))
+                    if p.loc
+                    else p
+                    for p in _problems(exc, ())
+                ]
+            ) from None
 
     def structure(value: object, _: type) -> T:
         if not isinstance(value, Mapping):

@@ -53,6 +53,8 @@ from flexbot.strategy import IntentState, OwnOrder, Window
 
 log = logs.get_logger("flexbot.engine")
 
+FORGET_AFTER = timedelta(days=1)
+
 
 class Broker(Protocol):
     """The market client's order calls (`MarketClient`, or the `PaperBroker`)."""
@@ -255,7 +257,7 @@ class Engine:
             self._rate.record()
             self._strategy_rates[name].record()
         self._count("intents")
-        log.info("order.intent", **_describe(intent), dry_run=dry_run)
+        log.info("order.intent", **_describe(intent), version=intent.version, dry_run=dry_run)
         broker = self._broker_for(intent)
         try:
             order = await broker.submit_order(request)
@@ -490,6 +492,9 @@ class Engine:
             self._resolve_now = trio.Event()
             if self.tracker.unresolved():
                 await self.resolve()
+            # Memory stays bounded over months: what is settled and long past is let go (the
+            # journal keeps it).
+            self.tracker.forget_finished(self.clock.now() - FORGET_AFTER)
 
     async def resolve(self) -> None:
         """Find the orders of unknown submissions; lapse those past their expiry."""

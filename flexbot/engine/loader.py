@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -36,10 +37,11 @@ wire.register_enum(TradingState)
 
 @frozen
 class StrategyFile:
-    """The schema of a strategy file. `class` (a Python keyword) and `params` (whose schema is
-    the class's) are read apart."""
+    """The schema of a strategy file. `params` is checked apart, against the class's Params."""
 
     module: str
+    class_: str = attrs.field(metadata={"key": "class"})  # `class` is a Python keyword
+    params: Mapping[str, Any] | None = None
     enabled: bool = True
     dry_run: bool = False
     location: model.Location = model.Location()
@@ -69,26 +71,23 @@ def load_spec(path: Path, document: Any, code_dir: Path) -> StrategySpec:
     if not isinstance(document, dict):
         kind = "an empty file" if document is None else type(document).__name__
         raise Invalid.single((), f"expected a mapping of module, class, params…, got {kind}")
-    document = dict(document)
     problems: list[Problem] = []
-    class_name = document.pop("class", None)
-    if not isinstance(class_name, str) or not class_name:
-        problems.append(Problem(("class",), "required: the strategy's class name", "missing"))
-    raw_params = document.pop("params", None)
-    if raw_params is None:
-        raw_params = {}
-    elif not isinstance(raw_params, dict):
-        problems.append(Problem(("params",), "expected a mapping of the class's parameters"))
-        raw_params = None
     spec_file: StrategyFile | None = None
     try:
         spec_file = wire.structure(document, StrategyFile, converter=wire.STRICT_CONVERTER)
     except Invalid as exc:
         problems += exc.problems
-    if spec_file is not None and spec_file.timer is not None:
-        problems += [p.under(("timer",)) for p in check_timer(spec_file.timer)]
-    # The module is imported even when other fields are wrong, so its params are checked too.
-    module_name = document.get("module")
+    # Every problem at once: what the schema could not hold back is checked from the raw
+    # document too (the timer's values, the module and its params).
+    timer = spec_file.timer if spec_file is not None else _raw_timer(document.get("timer"))
+    if timer is not None:
+        problems += [p.under(("timer",)) for p in check_timer(timer)]
+    raw_params = document.get("params", {})
+    if raw_params is None:
+        raw_params = {}
+    if not isinstance(raw_params, dict):
+        raw_params = None  # the schema reported it
+    module_name, class_name = document.get("module"), document.get("class")
     cls: type[Strategy[Any]] | None = None
     if isinstance(module_name, str) and module_name:
         try:
@@ -124,6 +123,13 @@ def load_spec(path: Path, document: Any, code_dir: Path) -> StrategySpec:
         timer=spec_file.timer if spec_file.timer is not None else cls.timer,
         risk=spec_file.risk,
     )
+
+
+def _raw_timer(value: Any) -> Timer | None:
+    try:
+        return wire.structure(value, Timer, converter=wire.STRICT_CONVERTER)
+    except Invalid:
+        return None  # its shape is wrong: the schema reported it
 
 
 def import_strategy_module(name: str, code_dir: Path) -> ModuleType:
