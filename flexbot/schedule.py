@@ -5,14 +5,15 @@ apscheduler 3 has no trio scheduler and apscheduler 4 is an alpha, so only its t
 slept on the wall clock through `MarketClock`, so an accelerated demo runs its timers faster too.
 
 Schedules are in UTC unless a zone is named. On a daylight-saving fall-back day a local cron such as
-`30 1 * * *` matches twice; the second match of the same local wall time is skipped.
+`30 1 * * *` matches twice; a fire at the same local wall time as the fire just before it is
+skipped (a sub-hourly cron such as `*/30` still fires in both repeated hours: its fires differ).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import trio
@@ -25,6 +26,7 @@ from flexbot.clock import MarketClock
 from flexbot.problems import Invalid, Problem
 
 MAX_SLEEP_S = 0.5
+MAX_INTERVAL_S = 366 * 24 * 3600  # a year: longer is a typo, and overflows a date soon after
 
 
 @frozen
@@ -44,9 +46,12 @@ class Schedule:
         self._previous: datetime | None = None
 
     def next_after(self, now: datetime) -> datetime | None:
-        """The first fire time after the previous one and not before `now` (None: never again)."""
+        """The first fire time after the previous one and not before `now` (None: never again).
+        Slots missed while market time jumped are skipped, not fired in a burst."""
         while True:
             fire: datetime | None = self._trigger.get_next_fire_time(self._previous, now)
+            if fire is not None and fire < now:
+                fire = self._trigger.get_next_fire_time(None, now)
             if fire is None:
                 return None
             repeated = (
@@ -57,7 +62,8 @@ class Schedule:
             self._previous = fire
             if not repeated:
                 return fire
-            now = fire + timedelta(microseconds=1)
+            # In UTC: a local time in the repeated hour (fold=1) would lose its fold here.
+            now = fire.astimezone(UTC) + timedelta(microseconds=1)
 
 
 def trigger_for(timer: Timer, start: datetime) -> BaseTrigger:
@@ -78,9 +84,11 @@ def check_timer(timer: Timer) -> list[Problem]:
     if (timer.interval_s is None) == (timer.cron is None):
         problems.append(Problem((), "give exactly one of interval_s or cron"))
     if timer.interval_s is not None and not (
-        math.isfinite(timer.interval_s) and timer.interval_s > 0
+        math.isfinite(timer.interval_s) and 0 < timer.interval_s <= MAX_INTERVAL_S
     ):
-        problems.append(Problem(("interval_s",), "must be a number of seconds greater than 0"))
+        problems.append(
+            Problem(("interval_s",), f"must be a number of seconds in (0, {MAX_INTERVAL_S}]")
+        )
     try:
         zone = ZoneInfo(timer.timezone)
     except (ZoneInfoNotFoundError, ValueError):

@@ -105,11 +105,17 @@ class Store:
         try:
             # isolation_level=None: we open transactions ourselves (`_transaction`), explicitly.
             db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{path}: cannot open the store: {exc}") from None
+        try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA busy_timeout=5000")
             _migrate(db, path)
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.Error, StoreError) as exc:
+            db.close()
+            if isinstance(exc, StoreError):
+                raise
             raise StoreError(f"{path}: cannot open the store: {exc}") from None
         return cls(db, path)
 
@@ -130,6 +136,8 @@ class Store:
 
     def update(self, client_id: str, **fields: Any) -> None:
         unknown = set(fields) - _UPDATABLE
+        if not fields:
+            raise ValueError("nothing to update")
         if unknown:
             raise ValueError(f"not updatable: {sorted(unknown)}")
         assignments = ", ".join(f"{name} = ?" for name in fields)

@@ -271,6 +271,8 @@ class OrderTracker:
         intent.order = merged
         # From the merged report: an answer that arrives after a fill report must not reopen it.
         intent.state = IntentState.DONE if merged.is_final else IntentState.OPEN
+        if not self._has_unresolved():
+            self._orphan_contracts.clear()  # the other sides' order ids: nobody will claim them
         await self._save(intent, now)
         return Change(intent.snapshot())
 
@@ -301,6 +303,11 @@ class OrderTracker:
         )
 
     # --- market reports -------------------------------------------------------------------------
+
+    def _has_unresolved(self) -> bool:
+        return any(
+            i.state in (IntentState.PENDING, IntentState.UNKNOWN) for i in self._intents.values()
+        )
 
     def claim(self, order: model.Order) -> Intent | None:
         """The unresolved intent this market order is, by fingerprint (oldest first)."""
@@ -352,7 +359,9 @@ class OrderTracker:
         for order_id in (contract.buy_order_id, contract.sell_order_id):
             intent = self._by_order_id.get(order_id)
             if intent is None:
-                if any(i.state is IntentState.UNKNOWN for i in self._intents.values()):
+                # Maybe the order of an intent not resolved yet (its report may come after):
+                # kept until the intent is claimed, or until nothing is unresolved any more.
+                if self._has_unresolved():
                     self._orphan_contracts.setdefault(order_id, []).append(contract)
                 continue
             before = intent.order
@@ -393,9 +402,25 @@ def _merge(known: model.Order | None, new: model.Order) -> model.Order:
 def _union(
     preferred: Iterable[model.Contract], other: Iterable[model.Contract]
 ) -> tuple[model.Contract, ...]:
+    """Contracts of both reports by id; of two versions of one contract the further along its
+    lifecycle wins (a stale report never moves a contract back), `preferred` on a tie."""
     by_id = {c.contract_id: c for c in other}
-    by_id.update({c.contract_id: c for c in preferred})
+    for contract in preferred:
+        known = by_id.get(contract.contract_id)
+        if known is None or _progress(contract) >= _progress(known):
+            by_id[contract.contract_id] = contract
     return tuple(by_id.values())
+
+
+_CONTRACT_PROGRESS: dict[str, float] = {
+    str(status): rank for rank, status in enumerate(model.ContractStatus)
+}
+
+
+def _progress(contract: model.Contract) -> float:
+    # A status we do not know is a new one, taken as just after creation: any known later step
+    # still wins over it, and it wins over `created`.
+    return _CONTRACT_PROGRESS.get(str(contract.status), 0.5)
 
 
 def _with_contract(order: model.Order | None, contract: model.Contract) -> model.Order | None:

@@ -48,7 +48,7 @@ def _positive_or_none(instance: Any, attribute: attrs.Attribute[Any], value: Any
 
 
 def _non_negative_or_none(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None and not (value.is_finite() and value >= 0):
+    if value is not None and not (math.isfinite(value) and value >= 0):
         raise Invalid.single((attribute.name,), f"must be 0 or more, got {value}")
 
 
