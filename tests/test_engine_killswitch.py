@@ -79,7 +79,8 @@ async def scenario(plan: list[Planned], ambiguous_rate: float, engage_after: int
 
         specs = [spec(Scripted, PlanParams(tuple(plan)), name="scripted")]
         async with running_engine(sandbox, specs) as h:
-            await until(lambda: len(list(h.tracker)) >= min(engage_after, len(plan)))
+            distinct = len({(p.side, p.window_index) for p in plan})  # one order each
+            await until(lambda: len(list(h.tracker)) >= min(engage_after, distinct))
             await h.engine.engage_kill_switch("test")
             await until(lambda: not h.tracker.live() and not open_orders())
             placed = len(sandbox.market.introspect_orders())
