@@ -32,11 +32,21 @@ from flexbot.engine.loader import StrategySpec, load_spec
 from flexbot.engine.risk import RiskLimits
 from flexbot.market.auth import Secret
 from flexbot.market.session import ConnectionSettings
+from flexbot.meters.builder import Kind
+from flexbot.meters.source import (
+    BaselineSettings,
+    MeterSettings,
+    MqttSettings,
+    parse_source,
+)
 from flexbot.problems import Invalid, Loc, Problem
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "json", "console")
 CLOCKS = ("wall", "sandbox")
+BASELINE_METHODS = ("mean_of_days", "high_x_of_y", "provided")
+
+wire.register_enum(Kind)
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -78,6 +88,24 @@ class EngineConfig:
 
 
 @frozen
+class MeterEntry:
+    """One meter as written in the config; `source` is read by its `type` (see meters.source)."""
+
+    id: str
+    location_id: str  # the market location it measures
+    source: Mapping[str, Any]
+    kind: Kind = Kind.POWER_W
+    baseline: BaselineSettings = BaselineSettings()
+
+
+@frozen
+class VerificationConfig:
+    settle_delay_s: float = 60.0  # market s after delivery end before metering is built
+    max_wait_s: float = 1800.0  # market s after delivery end: then sent even if incomplete
+    max_gap_s: float = 900.0  # a longer gap between readings flags the quarters it touches
+
+
+@frozen
 class KillSwitchConfig:
     engaged: bool = False  # engage from the config
     file: str | None = None  # engaged while this file exists
@@ -97,6 +125,8 @@ class FlexbotConfig:
     engine: EngineConfig = attrs.field(factory=EngineConfig)
     risk: RiskLimits = attrs.field(factory=RiskLimits)
     kill_switch: KillSwitchConfig = attrs.field(factory=KillSwitchConfig)
+    meters: tuple[MeterEntry, ...] = ()
+    verification: VerificationConfig = attrs.field(factory=VerificationConfig)
     logging: LoggingConfig = attrs.field(factory=LoggingConfig)
 
 
@@ -111,6 +141,8 @@ class LoadedConfig:
     strategies: tuple[StrategySpec, ...] = ()
     record_path: Path | None = None
     kill_switch_file: Path | None = None
+    meters: tuple[MeterSettings, ...] = ()
+    meter_secrets: Mapping[str, str | None] = attrs.field(factory=dict)
 
 
 class ConfigError(Exception):
@@ -162,6 +194,7 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> LoadedConfig:
             paths[name] = _relative(_expand(value, env), path.parent)
         except Invalid as exc:
             problems += [p.under(loc) for p in exc.problems]
+    meters, secrets = _meters(config, path.parent, env, problems)
     located = [(path, p) for p in problems]
     strategies: list[StrategySpec] = []
     config_dir, code_dir = paths.get("config_dir"), paths.get("code_dir")
@@ -193,7 +226,51 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> LoadedConfig:
         strategies=tuple(strategies),
         record_path=paths["record"],
         kill_switch_file=paths["kill_switch"],
+        meters=tuple(meters),
+        meter_secrets=secrets,
     )
+
+
+def _meters(
+    config: FlexbotConfig, base: Path, env: Mapping[str, str], problems: list[Problem]
+) -> tuple[list[MeterSettings], dict[str, str | None]]:
+    """Each meter's source read by its type; secrets resolved; problems located."""
+    meters: list[MeterSettings] = []
+    secrets: dict[str, str | None] = {}
+    seen: set[str] = set()
+    for index, entry in enumerate(config.meters):
+        loc: Loc = ("meters", index)
+        if entry.id in seen:
+            problems.append(Problem((*loc, "id"), f"another meter is already named {entry.id!r}"))
+        seen.add(entry.id)
+        baseline = entry.baseline
+        if baseline.method not in BASELINE_METHODS:
+            allowed = ", ".join(BASELINE_METHODS)
+            problems.append(Problem((*loc, "baseline", "method"), f"must be one of {allowed}"))
+        if baseline.method == "high_x_of_y" and not 0 < baseline.x <= baseline.y:
+            problems.append(Problem((*loc, "baseline", "x"), "must be between 1 and y"))
+        if baseline.method == "mean_of_days" and baseline.days < 1:
+            problems.append(Problem((*loc, "baseline", "days"), "must be at least 1"))
+        try:
+            source = parse_source(dict(entry.source))
+        except Invalid as exc:
+            problems += [p.under((*loc, "source")) for p in exc.problems]
+            continue
+        if isinstance(source, MqttSettings) and source.password is not None:
+            try:
+                secrets[entry.id] = resolve_secret(source.password, base, env).reveal()
+            except Invalid as exc:
+                problems += [p.under((*loc, "source", "password")) for p in exc.problems]
+        meters.append(
+            MeterSettings(
+                id=entry.id,
+                location_id=entry.location_id,
+                source=source,
+                kind=entry.kind,
+                baseline=baseline,
+            )
+        )
+    return meters, secrets
 
 
 def load_strategies(

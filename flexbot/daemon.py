@@ -2,8 +2,8 @@
 
 Start-up order is explicit: the config is valid and the store open before anything connects; then
 the login, market time, the order tracker restored from the journal, the token refresher, the
-streams (whose `/trade` connect reconciles the journal's open orders), and last the engine with its
-strategies.
+meters, the streams (whose `/trade` connect reconciles the journal's open orders), the engine with
+its strategies, and the verification outbox (which resumes what a previous run left pending).
 
 Signals: SIGTERM or SIGINT stop gracefully (strategies stopped, open orders cancelled when
 `engine.cancel_on_shutdown`, sockets closed, exit 0); a second SIGINT stops at once. SIGHUP reloads
@@ -28,7 +28,9 @@ from flexbot.engine.killswitch import KillSwitch
 from flexbot.engine.orders import OrderTracker
 from flexbot.engine.recording import Recorder
 from flexbot.market.session import MarketSession, connect
+from flexbot.meters.hub import MeterHub, sold_power
 from flexbot.store import AsyncStore, Store
+from flexbot.verification import VerificationSettings, Verifier
 
 log = logs.get_logger("flexbot.daemon")
 
@@ -71,6 +73,27 @@ async def run(loaded: config.LoadedConfig) -> int:
             Recorder(loaded.record_path, clock.now) if loaded.record_path is not None else None
         )
         feed = market.feed(orders=tracker, recorder=recorder)
+        hub = MeterHub(
+            loaded.meters,
+            store,
+            clock=clock,
+            base=loaded.path.parent,
+            secrets=loaded.meter_secrets,
+            delivering=sold_power(tracker),
+        )
+        checks = cfg.verification
+        verifier = Verifier(
+            VerificationSettings(
+                settle_delay_s=checks.settle_delay_s,
+                max_wait_s=checks.max_wait_s,
+                max_gap_s=checks.max_gap_s,
+            ),
+            tracker=tracker,
+            store=store,
+            client=market.client,
+            clock=clock,
+            meters={m.location_id: m for m in loaded.meters},
+        )
         engine = Engine(
             EngineSettings.from_config(cfg.engine),
             loaded.strategies,
@@ -81,16 +104,19 @@ async def run(loaded: config.LoadedConfig) -> int:
             kill_switch=KillSwitch(
                 configured=cfg.kill_switch.engaged, file=loaded.kill_switch_file, store=store
             ),
+            observers=[verifier.observe],
         )
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(market.tokens.run)
+                await nursery.start(hub.run)
                 await nursery.start(feed.run)
                 await nursery.start(engine.run, feed)
+                await nursery.start(verifier.run)
                 log.info(
                     "daemon.ready", strategies=len(engine.runners), restored=len(tracker.live())
                 )
-                await _handle_signals(loaded, engine, nursery.cancel_scope)
+                await _handle_signals(loaded, engine, verifier, nursery.cancel_scope)
         finally:
             if recorder is not None:
                 recorder.close()
@@ -99,7 +125,7 @@ async def run(loaded: config.LoadedConfig) -> int:
 
 
 async def _handle_signals(
-    loaded: config.LoadedConfig, engine: Engine, scope: trio.CancelScope
+    loaded: config.LoadedConfig, engine: Engine, verifier: Verifier, scope: trio.CancelScope
 ) -> None:
     wanted = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
     with trio.open_signal_receiver(*wanted) as signals:
@@ -123,6 +149,8 @@ async def _handle_signals(
             stopper.start_soon(stop_at_second_signal)
             with trio.move_on_after(SHUTDOWN_TIMEOUT_S) as bounded:
                 await engine.shutdown()
+                pending = await verifier.drain()  # what is due goes out now; the rest waits
+                log.info("verification.drained", pending=pending)
             if bounded.cancelled_caught:
                 log.warning("daemon.shutdown_timeout", timeout_s=SHUTDOWN_TIMEOUT_S)
             stopper.cancel_scope.cancel()

@@ -1,4 +1,5 @@
-"""SQLite state that must survive a crash: the order journal and the engine's latches.
+"""SQLite state that must survive a crash: the order journal, the engine's latches, meter
+readings and the verification outbox.
 
 One file, WAL mode, `synchronous=FULL`: a committed row is on disk before the call returns, so an
 order journalled here *before* it is sent can never be forgotten by a crash, a SIGKILL or a power
@@ -54,6 +55,27 @@ MIGRATIONS: Sequence[str] = (
         set_at TEXT NOT NULL
     );
     """,
+    """
+    CREATE TABLE readings (
+        meter_id TEXT NOT NULL,
+        at       TEXT NOT NULL,           -- ISO 8601 UTC, microseconds: sorts as time
+        value    TEXT NOT NULL,           -- a Decimal, in the meter's unit
+        PRIMARY KEY (meter_id, at)
+    ) WITHOUT ROWID;
+    CREATE TABLE outbox (
+        order_id         TEXT NOT NULL,
+        measurement_type TEXT NOT NULL,   -- baseline | metering
+        body             TEXT NOT NULL,   -- the exact JSON sent, every time (a resend is identical)
+        state            TEXT NOT NULL,   -- pending | acked | failed
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        next_at          REAL NOT NULL,   -- wall-clock seconds of the next attempt
+        last_error       TEXT,
+        enqueued_at      REAL NOT NULL,   -- wall-clock seconds
+        done_at          REAL,
+        PRIMARY KEY (order_id, measurement_type)
+    );
+    CREATE INDEX outbox_due ON outbox (next_at) WHERE state = 'pending';
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -74,6 +96,31 @@ class JournalRow:
     dry_run: bool = False
     following: bool = True
 
+
+@frozen
+class OutboxRow:
+    order_id: str
+    measurement_type: str
+    body: str
+    state: str
+    attempts: int
+    next_at: float
+    last_error: str | None
+    enqueued_at: float
+    done_at: float | None
+
+
+_OUTBOX = (
+    "order_id",
+    "measurement_type",
+    "body",
+    "state",
+    "attempts",
+    "next_at",
+    "last_error",
+    "enqueued_at",
+    "done_at",
+)
 
 _COLUMNS = (
     "client_id",
@@ -164,6 +211,87 @@ class Store:
             row["dry_run"] = bool(row["dry_run"])
             row["following"] = bool(row["following"])
             yield JournalRow(**row)
+
+    # --- meter readings ---------------------------------------------------------------------------
+
+    def add_readings(self, rows: Sequence[tuple[str, str, str]]) -> int:
+        """(meter id, ISO time, value) rows; a reading already held is kept. Returns how many
+        were new."""
+        with _transaction(self._db):
+            before = self._db.total_changes
+            self._db.executemany(
+                "INSERT OR IGNORE INTO readings (meter_id, at, value) VALUES (?, ?, ?)", rows
+            )
+            return self._db.total_changes - before
+
+    def readings(self, meter_id: str, start: str, end: str) -> list[tuple[str, str]]:
+        """(time, value) in [start, end], plus the nearest reading on each side (to interpolate)."""
+        query = "SELECT at, value FROM readings WHERE meter_id = ? AND "
+        before = self._db.execute(
+            query + "at < ? ORDER BY at DESC LIMIT 1", (meter_id, start)
+        ).fetchall()
+        inside = self._db.execute(
+            query + "at >= ? AND at <= ? ORDER BY at", (meter_id, start, end)
+        ).fetchall()
+        after = self._db.execute(query + "at > ? ORDER BY at LIMIT 1", (meter_id, end)).fetchall()
+        return [(str(a), str(v)) for a, v in (*before, *inside, *after)]
+
+    def last_reading_at(self, meter_id: str) -> str | None:
+        found = self._db.execute(
+            "SELECT max(at) FROM readings WHERE meter_id = ?", (meter_id,)
+        ).fetchone()
+        return None if found is None or found[0] is None else str(found[0])
+
+    # --- the verification outbox ----------------------------------------------------------------
+
+    def enqueue(self, order_id: str, kind: str, body: str, now: float) -> bool:
+        """Keep a submission until acknowledged; once per (order, kind): False if already held."""
+        with _transaction(self._db):
+            cursor = self._db.execute(
+                "INSERT OR IGNORE INTO outbox (order_id, measurement_type, body, state, next_at, "
+                "enqueued_at) VALUES (?, ?, ?, 'pending', ?, ?)",
+                (order_id, kind, body, now, now),
+            )
+            return cursor.rowcount == 1
+
+    def due(self, now: float, limit: int = 16) -> list[OutboxRow]:
+        rows = self._db.execute(
+            f"SELECT {', '.join(_OUTBOX)} FROM outbox WHERE state = 'pending' AND next_at <= ? "
+            "ORDER BY next_at LIMIT ?",
+            (now, limit),
+        ).fetchall()
+        return [OutboxRow(*row) for row in rows]
+
+    def outbox(self, order_id: str | None = None) -> list[OutboxRow]:
+        where, args = ("WHERE order_id = ?", (order_id,)) if order_id else ("", ())
+        rows = self._db.execute(
+            f"SELECT {', '.join(_OUTBOX)} FROM outbox {where} ORDER BY enqueued_at", args
+        ).fetchall()
+        return [OutboxRow(*row) for row in rows]
+
+    def settle(self, order_id: str, kind: str, state: str, at: float, error: str | None) -> None:
+        """Mark acked or failed (final)."""
+        with _transaction(self._db):
+            self._db.execute(
+                "UPDATE outbox SET state = ?, done_at = ?, last_error = ?, attempts = attempts + 1 "
+                "WHERE order_id = ? AND measurement_type = ?",
+                (state, at, error, order_id, kind),
+            )
+
+    def retry_later(self, order_id: str, kind: str, next_at: float, error: str) -> None:
+        with _transaction(self._db):
+            self._db.execute(
+                "UPDATE outbox SET attempts = attempts + 1, next_at = ?, last_error = ? "
+                "WHERE order_id = ? AND measurement_type = ?",
+                (next_at, error, order_id, kind),
+            )
+
+    def outbox_backlog(self) -> tuple[int, float | None]:
+        """Pending submissions, and when the oldest was enqueued (wall seconds)."""
+        count, oldest = self._db.execute(
+            "SELECT count(*), min(enqueued_at) FROM outbox WHERE state = 'pending'"
+        ).fetchone()
+        return int(count), None if oldest is None else float(oldest)
 
     # --- flags (latches that outlive a restart, e.g. the kill switch) ---------------------------
 

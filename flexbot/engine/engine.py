@@ -18,7 +18,7 @@ submission itself runs unlocked. Around it:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Protocol
@@ -110,6 +110,7 @@ class Engine:
         broker: Broker | None,
         limits: RiskLimits = RiskLimits(),
         kill_switch: KillSwitch | None = None,
+        observers: Sequence[Callable[[Change], None]] = (),
     ) -> None:
         if broker is None and not settings.dry_run:
             raise ValueError("a live engine needs a broker (the market client)")
@@ -121,6 +122,7 @@ class Engine:
         self.limits = limits
         self.kill_switch = kill_switch or KillSwitch()
         self.view = MarketView(settings.trades_kept)
+        self.observers = list(observers)  # told of every own-order change (verification, metrics)
         self.runners: dict[str, StrategyRunner] = {}
         for spec in specs:
             if spec.enabled:
@@ -471,6 +473,8 @@ class Engine:
                     state=str(order.state),
                     status=str(order.status),
                 )
+            for observer in self.observers:
+                observer(change)
             runner = self.runners.get(order.strategy)
             if runner is not None and runner.active:
                 runner.inbox.put_change(change)

@@ -1,0 +1,100 @@
+"""The CSV source: a file, or a directory of `*.csv` files, that another system appends to.
+
+Columns (a header row names them): `timestamp` (ISO 8601 with a zone), `value`, and optionally
+`meter_id` (rows of other meters are skipped). New rows are picked up as they appear: each file is
+read from where the last poll stopped, only up to its last complete line (a row being written is
+read next time); a file that shrank was replaced and is read again from the start (readings
+already held are kept once: the store keys them by meter and time). A bad row is logged with its
+file and line and skipped; it never stops the source.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import trio
+
+from flexbot import logs, wire
+from flexbot.meters.source import CsvSettings, Emit, Reading
+from flexbot.problems import Invalid
+
+log = logs.get_logger("flexbot.meters.csv")
+
+
+class CsvMeter:
+    def __init__(self, meter_id: str, settings: CsvSettings, base: Path) -> None:
+        self.meter_id = meter_id
+        self.settings = settings
+        path = Path(settings.path)
+        self.path = path if path.is_absolute() else base / path
+        self._offsets: dict[Path, int] = {}
+        self._headers: dict[Path, list[str]] = {}
+        self._lines: dict[Path, int] = {}
+
+    def files(self) -> list[Path]:
+        if self.path.is_dir():
+            return sorted(self.path.glob("*.csv"))
+        return [self.path] if self.path.exists() else []
+
+    def poll(self) -> list[Reading]:
+        """Readings from the rows appended since the last poll."""
+        out: list[Reading] = []
+        for file in self.files():
+            out += self._read_new(file)
+        return out
+
+    def _read_new(self, file: Path) -> list[Reading]:
+        try:
+            size = file.stat().st_size
+            offset = self._offsets.get(file, 0)
+            if size < offset:  # replaced or truncated: start over
+                offset = 0
+                self._headers.pop(file, None)
+                self._lines[file] = 0
+            with file.open("rb") as handle:
+                handle.seek(offset)
+                chunk = handle.read(size - offset)
+        except OSError as exc:
+            log.warning("meter.read_failed", meter=self.meter_id, path=str(file), reason=str(exc))
+            return []
+        complete = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits
+        self._offsets[file] = offset + len(complete)
+        rows: list[Reading] = []
+        for line in complete.decode("utf-8", "replace").splitlines():
+            self._lines[file] = self._lines.get(file, 0) + 1
+            if not line.strip():
+                continue
+            fields = next(csv.reader(io.StringIO(line)))
+            if file not in self._headers:
+                self._headers[file] = [f.strip() for f in fields]
+                continue
+            reading = self._row(file, dict(zip(self._headers[file], fields, strict=False)))
+            if reading is not None:
+                rows.append(reading)
+        return rows
+
+    def _row(self, file: Path, row: dict[str, str]) -> Reading | None:
+        if row.get("meter_id", self.meter_id).strip() != self.meter_id:
+            return None
+        try:
+            at = wire.parse_datetime(row.get("timestamp", "").strip())
+            value = wire.to_decimal(float(row.get("value", "").strip()))
+        except (Invalid, ValueError, TypeError) as exc:
+            log.warning(
+                "meter.bad_row",
+                meter=self.meter_id,
+                path=str(file),
+                line=self._lines.get(file, 0),
+                reason=str(exc)[:200],
+            )
+            return None
+        return Reading(self.meter_id, at, value)
+
+    async def run(self, emit: Emit) -> None:
+        while True:
+            readings = self.poll()
+            if readings:
+                await emit(readings)
+            await trio.sleep(self.settings.poll_s)

@@ -1,0 +1,75 @@
+"""The HTTP source: polls a JSON endpoint on an interval, with a timeout and backoff.
+
+The answer is a list of `{"timestamp": ISO, "value": number[, "meter_id": id]}` or an object
+`{"readings": [...]}`. A failed poll (network, non-2xx, bad JSON) is logged and retried with capped,
+fully jittered backoff; entries that cannot be read are logged and skipped.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import httpx
+import trio
+
+from flexbot import logs, wire
+from flexbot.market.backoff import Backoff, Retrying
+from flexbot.meters.source import Emit, HttpSettings, Reading
+from flexbot.problems import Invalid
+
+log = logs.get_logger("flexbot.meters.http")
+
+
+class HttpMeter:
+    def __init__(
+        self, meter_id: str, settings: HttpSettings, *, rng: random.Random | None = None
+    ) -> None:
+        self.meter_id = meter_id
+        self.settings = settings
+        self._retry = Retrying(Backoff(base_s=1.0, cap_s=60.0), rng or random.Random())
+
+    def parse(self, body: Any) -> list[Reading]:
+        entries = body.get("readings") if isinstance(body, dict) else body
+        if not isinstance(entries, list):
+            raise Invalid.single((), 'expected a list of readings, or {"readings": [...]}')
+        out = []
+        for index, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                continue
+            if str(entry.get("meter_id", self.meter_id)) != self.meter_id:
+                continue
+            try:
+                at = wire.parse_datetime(str(entry.get("timestamp")))
+                value = wire.to_decimal(entry.get("value"))
+            except (Invalid, ValueError, TypeError) as exc:
+                log.warning("meter.bad_entry", meter=self.meter_id, index=index, reason=str(exc))
+                continue
+            out.append(Reading(self.meter_id, at, value))
+        return out
+
+    async def poll(self, http: httpx.AsyncClient) -> list[Reading]:
+        response = await http.get(self.settings.url)
+        response.raise_for_status()
+        return self.parse(response.json())
+
+    async def run(self, emit: Emit) -> None:
+        timeout = httpx.Timeout(self.settings.timeout_s)
+        async with httpx.AsyncClient(timeout=timeout) as http:
+            while True:
+                try:
+                    readings = await self.poll(http)
+                except (httpx.HTTPError, ValueError, Invalid) as exc:
+                    delay = self._retry.next_delay()
+                    log.warning(
+                        "meter.poll_failed",
+                        meter=self.meter_id,
+                        reason=str(exc)[:200],
+                        retry_in_s=round(delay, 2),
+                    )
+                    await trio.sleep(delay)
+                    continue
+                self._retry.reset()
+                if readings:
+                    await emit(readings)
+                await trio.sleep(self.settings.interval_s)

@@ -1,0 +1,158 @@
+"""The MQTT source: subscribes to a topic (QoS 1) and turns its messages into readings.
+
+A message is `{"timestamp": ISO 8601 with a zone, "value": number}`, a list of those, or a bare
+number (stamped with its arrival time, UTC); numbers are read exactly (no float rounding). A
+message that cannot be read is logged (`meter.bad_message`) and skipped whole; it never stops the
+source. A refused connect (`meter.connect_failed`) or a lost connection (`meter.disconnected`) is
+logged and retried for ever with capped, fully jittered backoff (1 s … 30 s); the subscription is
+made on every connect.
+
+paho runs on trio's loop, without threads of its own: its external-loop API (`loop_read` when the
+socket is readable, `loop_write` when it wants to write and the socket is writable, `loop_misc`
+about once a second for keepalive). Only the TCP connect, which paho does blocking, runs in a
+worker thread. paho's callbacks are synchronous and run inside those calls, in this task: they
+collect readings, which the task then hands to `emit`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import paho.mqtt.client as paho
+import trio
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from flexbot import logs, wire
+from flexbot.market.backoff import Backoff, Retrying
+from flexbot.meters.source import Emit, MqttSettings, Reading
+
+log = logs.get_logger("flexbot.meters.mqtt")
+
+MISC_EVERY_S = 1.0  # how often paho's keepalive bookkeeping (`loop_misc`) runs
+
+
+class MqttMeter:
+    def __init__(
+        self,
+        meter_id: str,
+        settings: MqttSettings,
+        *,
+        password: str | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.meter_id = meter_id
+        self.settings = settings
+        self._password = password
+        self._retry = Retrying(Backoff(base_s=1.0, cap_s=30.0), rng or random.Random())
+        self._pending: list[Reading] = []
+        self._connected = False  # a CONNACK accepted this connection
+        self._reason = ""  # why the last connection ended, or was refused
+
+    def parse(self, payload: bytes | bytearray, arrived: datetime) -> list[Reading]:
+        """The readings of one message; ValueError or TypeError if it cannot be read."""
+        body = json.loads(payload, parse_float=Decimal)
+        if isinstance(body, int | Decimal):  # a bare number (a bool is refused by to_decimal)
+            return [Reading(self.meter_id, arrived, wire.to_decimal(body))]
+        out = []
+        for entry in body if isinstance(body, list) else [body]:
+            if not isinstance(entry, dict):
+                raise TypeError('expected {"timestamp", "value"}, a list of them, or a number')
+            at = wire.parse_datetime(str(entry.get("timestamp")))
+            out.append(Reading(self.meter_id, at, wire.to_decimal(entry.get("value"))))
+        return out
+
+    def _on_connect(
+        self, client: paho.Client, _: Any, __: Any, reason: ReasonCode, ___: Any
+    ) -> None:
+        if reason.is_failure:
+            self._reason = str(reason)
+            return
+        self._connected = True
+        self._retry.reset()
+        client.subscribe(self.settings.topic, qos=1)
+        log.info("meter.connected", meter=self.meter_id, topic=self.settings.topic)
+
+    def _on_subscribe(
+        self, _: paho.Client, __: Any, ___: int, reasons: list[ReasonCode], ____: Any
+    ) -> None:
+        if any(reason.is_failure for reason in reasons):
+            reason = "; ".join(str(r) for r in reasons)
+            log.warning("meter.subscribe_failed", meter=self.meter_id, reason=reason)
+
+    def _on_disconnect(
+        self, _: paho.Client, __: Any, ___: Any, reason: ReasonCode, ____: Any
+    ) -> None:
+        self._reason = self._reason or str(reason)
+
+    def _on_message(self, _: paho.Client, __: Any, message: paho.MQTTMessage) -> None:
+        try:
+            self._pending += self.parse(message.payload, datetime.now(UTC))
+        except (ValueError, TypeError) as exc:
+            log.warning(
+                "meter.bad_message",
+                meter=self.meter_id,
+                topic=message.topic,
+                payload=message.payload[:200].decode("utf-8", "replace"),
+                reason=str(exc)[:200],
+            )
+
+    def _client(self) -> paho.Client:
+        client = paho.Client(CallbackAPIVersion.VERSION2)
+        if self.settings.username is not None:
+            client.username_pw_set(self.settings.username, self._password)
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.connect_async(self.settings.host, self.settings.port, self.settings.keepalive_s)
+        return client
+
+    async def _pump(self, client: paho.Client, emit: Emit) -> None:
+        """Serve one connection until paho closes its socket."""
+        sock = client.socket()
+        next_misc = trio.current_time() + MISC_EVERY_S
+        while sock is not None and client.socket() is sock:
+            with trio.move_on_at(next_misc):
+                if client.want_write():
+                    await trio.lowlevel.wait_writable(sock)
+                    client.loop_write()
+                else:
+                    await trio.lowlevel.wait_readable(sock)
+                    client.loop_read()
+            if trio.current_time() >= next_misc and client.socket() is sock:
+                client.loop_misc()
+                next_misc = trio.current_time() + MISC_EVERY_S
+            if self._pending:
+                batch, self._pending = self._pending, []
+                await emit(batch)
+
+    async def run(self, emit: Emit) -> None:
+        client = self._client()
+        try:
+            while True:
+                self._connected, self._reason = False, ""
+                try:
+                    await trio.to_thread.run_sync(client.reconnect)
+                except OSError as exc:
+                    self._reason = str(exc) or type(exc).__name__
+                else:
+                    await self._pump(client, emit)
+                delay = self._retry.next_delay()
+                log.warning(
+                    "meter.disconnected" if self._connected else "meter.connect_failed",
+                    meter=self.meter_id,
+                    broker=f"{self.settings.host}:{self.settings.port}",
+                    reason=self._reason[:200] or "connection closed",
+                    retry_in_s=round(delay, 2),
+                )
+                await trio.sleep(delay)
+        finally:
+            client.disconnect()  # sends DISCONNECT and closes when the socket takes it at once
+            sock = client.socket()
+            if sock is not None:
+                sock.close()

@@ -1,0 +1,324 @@
+"""Baselines and metering, submitted automatically through a durable outbox.
+
+What is submitted, and when:
+- **baseline**: a sell order placed without one (its strategy gave none) waits for it before the
+  market matches it; it is built at once from the location's meter history by the meter's
+  baseline method, and submitted.
+- **metering**: a sell order with a contract, once market time has passed the window's end plus
+  `settle_delay_s` (late meter data may still arrive); built from the stored readings. If a quarter
+  is still flagged (a gap, data missing), it waits up to `max_wait_s` after the window's end, then
+  sends what it has and logs `metering.incomplete`: late is acceptable, never silent.
+
+The outbox (SQLite, committed before anything is sent) holds each submission under (order id,
+measurement type): enqueued once, its exact body stored and resent unchanged, retried with capped
+jittered backoff until the market acknowledges (any 2xx), and resumed after a restart. A 409 that
+says the data was already received counts as done; any other refusal is final and logged with the
+market's words (`verification.failed`). Outcomes then arrive as contract updates on `/trade`:
+`verification.accepted`, `verification.rejected` (with the market's reason), `settlement.completed`.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+
+import trio
+from attrs import frozen
+
+from flexbot import logs, model, wire
+from flexbot.clock import Clock
+from flexbot.engine.orders import Change, Intent, OrderTracker
+from flexbot.market.backoff import Backoff
+from flexbot.market.errors import Conflict, MarketError, NotFound, Rejected
+from flexbot.market.rest import MarketClient
+from flexbot.meters import baseline as baselines
+from flexbot.meters.builder import Quarter, Sample, energy_curve, meter_reading, quarters
+from flexbot.meters.source import MeterSettings, store_time
+from flexbot.store import AsyncStore, OutboxRow
+
+log = logs.get_logger("flexbot.verification")
+
+BASELINE = str(model.MeasurementType.BASELINE)
+METERING = str(model.MeasurementType.METERING)
+
+
+@frozen
+class VerificationSettings:
+    settle_delay_s: float = 60.0  # market seconds after delivery end before metering is built
+    max_wait_s: float = 1800.0  # market seconds after delivery end: then send even if incomplete
+    max_gap_s: float = 900.0  # a longer gap between readings flags the quarters it touches
+    interval_s: float = 1.0  # wall seconds between scans of the orders and the outbox
+    in_flight: int = 4
+    max_attempts_refused: int = 5  # a 422 may be a clock skew: retried this often, then failed
+    backoff: Backoff = Backoff(base_s=1.0, cap_s=60.0)
+
+
+class Verifier:
+    def __init__(
+        self,
+        settings: VerificationSettings,
+        *,
+        tracker: OrderTracker,
+        store: AsyncStore,
+        client: MarketClient,
+        clock: Clock,
+        meters: Mapping[str, MeterSettings],  # by location id
+        wall: Callable[[], float] = time.time,  # outbox times outlive the process: wall clock
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self._tracker = tracker
+        self._store = store
+        self._client = client
+        self._clock = clock
+        self._meters = meters
+        self._wall = wall
+        self._rng = rng or random.Random()
+        self._enqueued: set[tuple[str, str]] = set()  # keys known to be in the outbox
+        self._warned: set[tuple[str, str]] = set()  # (order, problem) logged once
+        self._outcomes: set[tuple[str, str]] = set()  # (contract, status) logged once
+        self._wake = trio.Event()
+        self.sent = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        for row in await self._store.run(self._store.sync.outbox):
+            self._enqueued.add((row.order_id, row.measurement_type))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._scan_loop)
+            nursery.start_soon(self._send_loop)
+            task_status.started()
+
+    # --- deciding what to submit ----------------------------------------------------------------
+
+    async def _scan_loop(self) -> None:
+        while True:
+            await self.scan()
+            await trio.sleep(self.settings.interval_s)
+
+    async def scan(self) -> int:
+        """Enqueue what is due; returns how many submissions were enqueued."""
+        now = self._clock.now()
+        added = 0
+        for intent in self._tracker:
+            order = intent.order
+            if intent.dry_run or intent.order_id is None or order is None:
+                continue
+            if intent.request.side is not model.Side.SELL:
+                continue
+            if intent.request.baseline is None and order.baseline is None and not order.is_final:
+                added += await self._baseline(intent, intent.order_id, now)
+            if order.contracts:
+                added += await self._metering(intent, intent.order_id, now)
+        if added:
+            self._wake.set()
+        return added
+
+    async def _baseline(self, intent: Intent, order_id: str, now: datetime) -> int:
+        if (order_id, BASELINE) in self._enqueued:
+            return 0
+        meter = self._meter_of(intent, order_id)
+        if meter is None:
+            return 0
+        start, end = intent.request.delivery_start, intent.request.delivery_end
+        try:
+            points = await self._baseline_points(meter, start, end)
+        except baselines.BaselineUnavailable as exc:
+            self._warn_once(order_id, "baseline.unavailable", meter=meter.id, reason=str(exc))
+            return 0
+        reading = meter_reading(points, start, end, created_at=now)
+        return await self._enqueue(order_id, BASELINE, reading)
+
+    async def _metering(self, intent: Intent, order_id: str, now: datetime) -> int:
+        if (order_id, METERING) in self._enqueued:
+            return 0
+        end = intent.request.delivery_end
+        if now < end + timedelta(seconds=self.settings.settle_delay_s):
+            return 0
+        meter = self._meter_of(intent, order_id)
+        if meter is None:
+            return 0
+        points = await self._quarters(meter, intent.request.delivery_start, end)
+        flagged = [q for q in points if q.flagged]
+        if flagged:
+            if now < end + timedelta(seconds=self.settings.max_wait_s):
+                return 0  # data may still come
+            log.warning(
+                "metering.incomplete",
+                order_id=order_id,
+                meter=meter.id,
+                flagged=[wire.format_datetime(q.end) for q in flagged],
+            )
+        reading = meter_reading(points, intent.request.delivery_start, end, created_at=now)
+        return await self._enqueue(order_id, METERING, reading)
+
+    def _meter_of(self, intent: Intent, order_id: str) -> MeterSettings | None:
+        for location_id in intent.request.location.location_id:
+            if location_id is not None and location_id in self._meters:
+                return self._meters[location_id]
+        ids = list(intent.request.location.location_id)
+        self._warn_once(order_id, "meter.missing", location_id=ids)
+        return None
+
+    async def _quarters(
+        self, meter: MeterSettings, start: datetime, end: datetime
+    ) -> list[Quarter]:
+        rows = await self._store.run(
+            self._store.sync.readings, meter.id, store_time(start), store_time(end)
+        )
+        samples = [Sample(wire.parse_datetime(at), Decimal(value)) for at, value in rows]
+        curve = energy_curve(samples, meter.kind)
+        return quarters(curve, start, end, max_gap_s=self.settings.max_gap_s)
+
+    async def _baseline_points(
+        self, meter: MeterSettings, start: datetime, end: datetime
+    ) -> list[Quarter]:
+        method = meter.baseline
+        if method.method == "provided":
+            source = self._meter_by_id(method.meter)
+            points = await self._quarters(source or meter, start, end)
+            if any(q.flagged for q in points):
+                raise baselines.BaselineUnavailable(
+                    "provided: the forecast does not cover the window"
+                )
+            return points
+        look_back = method.days if method.method == "mean_of_days" else method.y
+        history: dict[date, list[Decimal]] = {}
+        for day in baselines.candidate_days(start.date(), look_back):
+            shift = start.date() - day
+            past = await self._quarters(meter, start - shift, end - shift)
+            if not any(q.flagged for q in past):
+                history[day] = [q.energy_kwh for q in past]
+        if method.method == "mean_of_days":
+            energies = baselines.mean_of_days(history, start.date(), method.days)
+        else:
+            energies = baselines.high_x_of_y(history, start.date(), method.x, method.y)
+        template = await self._quarters(meter, start, end)
+        return [
+            Quarter(end=q.end, energy_kwh=energy)
+            for q, energy in zip(template, energies, strict=True)
+        ]
+
+    def _meter_by_id(self, meter_id: str | None) -> MeterSettings | None:
+        return next((m for m in self._meters.values() if m.id == meter_id), None)
+
+    async def _enqueue(self, order_id: str, kind: str, reading: model.MeterReading) -> int:
+        body = wire.dumps(reading).decode()
+        new = await self._store.run(self._store.sync.enqueue, order_id, kind, body, self._wall())
+        self._enqueued.add((order_id, kind))
+        if new:
+            log.info("verification.enqueued", order_id=order_id, measurement_type=kind)
+        return int(new)
+
+    def _warn_once(self, order_id: str, event: str, **fields: object) -> None:
+        if (order_id, event) not in self._warned:
+            self._warned.add((order_id, event))
+            log.warning(event, order_id=order_id, **fields)
+
+    async def drain(self) -> int:
+        """Send what is due now, once (at shutdown; the caller bounds the time). Returns how many
+        submissions are still pending afterwards."""
+        due = await self._store.run(self._store.sync.due, self._wall(), 256)
+        limiter = trio.CapacityLimiter(self.settings.in_flight)
+        async with trio.open_nursery() as nursery:
+            for row in due:
+                nursery.start_soon(self._send_one, row, limiter)
+        pending, _ = await self._store.run(self._store.sync.outbox_backlog)
+        return pending
+
+    # --- sending --------------------------------------------------------------------------------
+
+    async def _send_loop(self) -> None:
+        limiter = trio.CapacityLimiter(self.settings.in_flight)
+        while True:
+            due = await self._store.run(self._store.sync.due, self._wall(), 64)
+            if due:
+                async with trio.open_nursery() as nursery:
+                    for row in due:
+                        nursery.start_soon(self._send_one, row, limiter)
+                continue
+            with trio.move_on_after(self.settings.interval_s):
+                await self._wake.wait()
+            self._wake = trio.Event()
+
+    async def _send_one(self, row: OutboxRow, limiter: trio.CapacityLimiter) -> None:
+        async with limiter:
+            reading = wire.decode(row.body, model.MeterReading)
+            kind, order_id = row.measurement_type, row.order_id
+            try:
+                if kind == BASELINE:
+                    await self._client.submit_baseline(order_id, reading)
+                else:
+                    await self._client.submit_metering(order_id, reading)
+            except Conflict as exc:
+                done = "already" in str(exc).lower()
+                await self._finish(row, "acked" if done else "failed", str(exc))
+            except (NotFound, Rejected) as exc:
+                if (
+                    isinstance(exc, Rejected)
+                    and row.attempts + 1 < self.settings.max_attempts_refused
+                ):
+                    await self._later(row, str(exc))
+                else:
+                    await self._finish(row, "failed", str(exc))
+            except MarketError as exc:
+                await self._later(row, str(exc))
+            else:
+                await self._finish(row, "acked", None)
+
+    async def _finish(self, row: OutboxRow, state: str, error: str | None) -> None:
+        store = self._store
+        await store.run(
+            store.sync.settle, row.order_id, row.measurement_type, state, self._wall(), error
+        )
+        fields = {"order_id": row.order_id, "measurement_type": row.measurement_type}
+        if state == "acked":
+            self.sent += 1
+            log.info("verification.submitted", **fields, attempts=row.attempts + 1, note=error)
+        else:
+            log.error("verification.failed", **fields, reason=error, attempts=row.attempts + 1)
+
+    async def _later(self, row: OutboxRow, error: str) -> None:
+        delay = self.settings.backoff.delay(row.attempts, self._rng)
+        await self._store.run(
+            self._store.sync.retry_later,
+            row.order_id,
+            row.measurement_type,
+            self._wall() + delay,
+            error,
+        )
+        log.info(
+            "verification.retry",
+            order_id=row.order_id,
+            measurement_type=row.measurement_type,
+            attempt=row.attempts + 1,
+            delay_s=round(delay, 2),
+            reason=error[:200],
+        )
+
+    # --- outcomes -------------------------------------------------------------------------------
+
+    def observe(self, change: Change) -> None:
+        """An engine observer: log each verification and settlement outcome once."""
+        contract = change.contract
+        if contract is None or (contract.contract_id, str(contract.status)) in self._outcomes:
+            return
+        self._outcomes.add((contract.contract_id, str(contract.status)))
+        fields = {"contract_id": contract.contract_id, "order_id": change.order.order_id}
+        verification = contract.verification_result
+        result = verification.result if verification else None
+        if contract.status == model.ContractStatus.VERIFICATION_COMPLETED_SUCCESS:
+            pct = result.delivered_percentage if result else None
+            log.info("verification.accepted", **fields, delivered_pct=_num(pct))
+        elif contract.status == model.ContractStatus.VERIFICATION_COMPLETED_FAILED:
+            reason = verification.reason if verification else None
+            log.warning("verification.rejected", **fields, reason=reason)
+        elif contract.status == model.ContractStatus.SETTLEMENT_COMPLETED_SUCCESS:
+            amount = contract.settlement.amount_eur if contract.settlement else None
+            log.info("settlement.completed", **fields, amount_eur=_num(amount))
+
+
+def _num(value: Decimal | None) -> float | None:
+    return None if value is None else float(value)
