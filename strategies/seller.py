@@ -2,8 +2,9 @@
 
 For each of the next `windows_ahead` delivery windows (the first at least `lead_s` ahead), offer the
 flexibility available in that window (`capacity_w`, or the `schedule` entry covering the window's
-start hour) at `ask_price`, with a flat baseline of the site's usual load (`baseline_w`): a sell is
-matched only once the market has its baseline.
+start hour) at `ask_price`, with a flat baseline of the site's usual load (`baseline_w`), or, with
+`baseline_w: null`, the baseline flexbot builds from the location's meter: a sell is matched only
+once the market has its baseline.
 
 Re-pricing: when the book shows a bid for the window that could take the whole offer, priced below
 our ask but at or above the floor, the offer is cancelled and placed again at that bid's price, so
@@ -50,7 +51,9 @@ class SellerParams:
     ask_price: Decimal = attrs.field(validator=_positive)  # €/kWh: the first offer's price
     capacity_w: Decimal = Decimal(5000)  # flexibility available in a window, unless scheduled
     schedule: tuple[Slot, ...] = ()  # overrides capacity_w in the hours it covers
-    baseline_w: Decimal = Decimal(10000)  # the site's usual load, for the baseline
+    # The site's usual load, for a flat baseline sent with each offer; None: flexbot builds the
+    # baseline from the location's meter (config `meters:`) and submits it.
+    baseline_w: Decimal | None = Decimal(10000)
     windows_ahead: int = 4
     lead_s: int = 900  # the first window starts at least this long from now
 
@@ -94,13 +97,10 @@ class FlexSeller(Strategy[SellerParams]):
             free = self.capacity(window) - position.sold_w - position.open_sell_w
             if free <= 0 or window in self._refused:
                 continue
-            placed = await ctx.place(
-                model.Side.SELL,
-                free,
-                p.ask_price,
-                window,
-                baseline=flat_baseline(window, p.baseline_w, created_at=ctx.now),
-            )
+            baseline = None
+            if p.baseline_w is not None:
+                baseline = flat_baseline(window, p.baseline_w, created_at=ctx.now)
+            placed = await ctx.place(model.Side.SELL, free, p.ask_price, window, baseline=baseline)
             if placed.state is IntentState.REJECTED:
                 self._refused.add(window)  # try again at the next tick, not at every book
 

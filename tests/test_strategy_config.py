@@ -84,7 +84,7 @@ def test_check_config_accepts_the_shipped_strategies() -> None:
                 "floor_price": Decimal("0.15"),
                 "ask_price": Decimal("0.30"),
                 "capacity_w": Decimal(5000),
-                "baseline_w": Decimal(10000),
+                "baseline_w": None,
                 "windows_ahead": 4,
                 "lead_s": 900,
             },

@@ -56,6 +56,7 @@ class SyntheticSettings:
     noise_w: Decimal = Decimal(200)
     interval_s: float = attrs.field(default=60.0, validator=_positive)  # market seconds
     respond: bool = True  # reduce the load by the power sold for the current window
+    history_days: int = 0  # at start, also produce this many days of past readings (baselines)
 
 
 @frozen

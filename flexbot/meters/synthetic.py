@@ -47,6 +47,8 @@ class SyntheticMeter:
         self.settings = settings
         self._clock = clock
         self._delivering_w = delivering_w
+        if start is None and settings.history_days > 0:
+            start = clock.now() - timedelta(days=settings.history_days)
         self._next = start  # the next sample's market time; None: from now
 
     def samples_until(self, now: datetime) -> list[Reading]:
