@@ -7,7 +7,16 @@ import sys
 from collections.abc import Sequence
 
 from flexbot import logs
-from flexbot.commands import UsageError, check_config, orders, replay, run, sandbox, watch
+from flexbot.commands import (
+    UsageError,
+    check_config,
+    demo,
+    orders,
+    replay,
+    run,
+    sandbox,
+    watch,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     check_config.add_parser(sub)
     run.add_parser(sub)
     replay.add_parser(sub)
+    demo.add_parser(sub)
     return parser
 
 
@@ -42,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The sandbox is a service: its log is its output. The other commands print results on
     # stdout (for people and pipes), so their log goes to stderr: all of it for `watch` (its
     # reconnects are part of what it shows), warnings and errors for one-shot commands.
-    service = args.command in ("sandbox", "demo", "run")
+    service = args.command in ("sandbox", "run")
     json = None if args.log_format is None else args.log_format == "json"
     logs.configure(
         json=json,

@@ -15,21 +15,25 @@ with `flexbot kill-switch release`).
 from __future__ import annotations
 
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import httpx
 import trio
+from attrs import define
 
 from flexbot import config, logs, wire
+from flexbot.alarms import AlarmBounds, watch_for_silence
 from flexbot.clock import MarketClock
 from flexbot.engine.engine import Engine, EngineSettings
 from flexbot.engine.killswitch import KillSwitch
 from flexbot.engine.orders import OrderTracker
 from flexbot.engine.recording import Recorder
+from flexbot.market.feed import MarketFeed
 from flexbot.market.session import MarketSession, connect
 from flexbot.meters.hub import MeterHub, sold_power
 from flexbot.store import AsyncStore, Store
+from flexbot.systemd import Notifier
 from flexbot.verification import VerificationSettings, Verifier
 
 log = logs.get_logger("flexbot.daemon")
@@ -58,65 +62,77 @@ async def open_store(loaded: config.LoadedConfig) -> AsyncIterator[AsyncStore]:
         store.close()
 
 
-async def run(loaded: config.LoadedConfig) -> int:
-    """Run until a stop signal; returns the exit status."""
+@define
+class Parts:
+    """What a running daemon is made of (for the demo's progress and `flexbot status`)."""
+
+    engine: Engine
+    verifier: Verifier
+    hub: MeterHub
+    feed: MarketFeed
+    tracker: OrderTracker
+    store: AsyncStore
+    market: MarketSession
+    clock: MarketClock
+
+
+async def run(
+    loaded: config.LoadedConfig,
+    *,
+    clock: MarketClock | None = None,
+    stop: trio.Event | None = None,
+    signals: bool = True,
+    started: Callable[[Parts, trio.Nursery], None] | None = None,
+    finished: Callable[[Parts], Awaitable[None]] | None = None,
+    notifier: Notifier | None = None,
+) -> int:
+    """Run until a stop signal (or `stop` is set); returns the exit status. The demo passes its
+    own `clock`, a `stop` event, and callbacks for when it has `started` and has `finished`
+    (stopped, the store still open); `flexbot run` passes nothing."""
     cfg = loaded.config
+    notify = notifier or Notifier()
+    stop = stop if stop is not None else trio.Event()
     async with open_store(loaded) as store, connect(loaded.connection, login=False) as market:
         await market.tokens.login()
-        try:
-            clock = await market_clock(market, cfg.market.clock)
-        except (httpx.HTTPError, KeyError, ValueError) as exc:
-            log.error("clock.sync_failed", reason=str(exc))
-            return 1
-        tracker = await OrderTracker.restore(store)
+        if clock is None:
+            try:
+                clock = await market_clock(market, cfg.market.clock)
+            except (httpx.HTTPError, KeyError, ValueError) as exc:
+                log.error("clock.sync_failed", reason=str(exc))
+                return 1
+        parts = await _assemble(loaded, store, market, clock)
         recorder = (
             Recorder(loaded.record_path, clock.now) if loaded.record_path is not None else None
         )
-        feed = market.feed(orders=tracker, recorder=recorder)
-        hub = MeterHub(
-            loaded.meters,
-            store,
-            clock=clock,
-            base=loaded.path.parent,
-            secrets=loaded.meter_secrets,
-            delivering=sold_power(tracker),
-        )
-        checks = cfg.verification
-        verifier = Verifier(
-            VerificationSettings(
-                settle_delay_s=checks.settle_delay_s,
-                max_wait_s=checks.max_wait_s,
-                max_gap_s=checks.max_gap_s,
-            ),
-            tracker=tracker,
-            store=store,
-            client=market.client,
-            clock=clock,
-            meters={m.location_id: m for m in loaded.meters},
-        )
-        engine = Engine(
-            EngineSettings.from_config(cfg.engine),
-            loaded.strategies,
-            clock=clock,
-            tracker=tracker,
-            broker=market.client,
-            limits=cfg.risk,
-            kill_switch=KillSwitch(
-                configured=cfg.kill_switch.engaged, file=loaded.kill_switch_file, store=store
-            ),
-            observers=[verifier.observe],
-        )
+        if recorder is not None:
+            parts.feed = market.feed(orders=parts.tracker, recorder=recorder)
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(market.tokens.run)
-                await nursery.start(hub.run)
-                await nursery.start(feed.run)
-                await nursery.start(engine.run, feed)
-                await nursery.start(verifier.run)
+                await nursery.start(parts.hub.run)
+                await nursery.start(parts.feed.run)
+                await nursery.start(parts.engine.run, parts.feed)
+                await nursery.start(parts.verifier.run)
+                nursery.start_soon(notify.keep_watchdog)
+                nursery.start_soon(watch_for_silence, parts, notify, AlarmBounds())
+                if started is not None:
+                    started(parts, nursery)
                 log.info(
-                    "daemon.ready", strategies=len(engine.runners), restored=len(tracker.live())
+                    "daemon.ready",
+                    strategies=len(parts.engine.runners),
+                    restored=len(parts.tracker.live()),
                 )
-                await _handle_signals(loaded, engine, verifier, nursery.cancel_scope)
+                notify.notify("READY=1", f"STATUS={summary_line(parts)}")
+                async with trio.open_nursery() as waiting:
+                    if signals:
+                        waiting.start_soon(_handle_signals, loaded, parts.engine, stop)
+                    await stop.wait()
+                    waiting.cancel_scope.cancel()
+                notify.notify("STOPPING=1")
+                await _graceful_stop(parts, stop_now=_second_signal if signals else None)
+                if finished is not None:
+                    await finished(parts)
+                nursery.cancel_scope.cancel()
         finally:
             if recorder is not None:
                 recorder.close()
@@ -124,9 +140,49 @@ async def run(loaded: config.LoadedConfig) -> int:
     return 0
 
 
-async def _handle_signals(
-    loaded: config.LoadedConfig, engine: Engine, verifier: Verifier, scope: trio.CancelScope
-) -> None:
+async def _assemble(
+    loaded: config.LoadedConfig, store: AsyncStore, market: MarketSession, clock: MarketClock
+) -> Parts:
+    cfg = loaded.config
+    tracker = await OrderTracker.restore(store)
+    hub = MeterHub(
+        loaded.meters,
+        store,
+        clock=clock,
+        base=loaded.path.parent,
+        secrets=loaded.meter_secrets,
+        delivering=sold_power(tracker),
+    )
+    checks = cfg.verification
+    verifier = Verifier(
+        VerificationSettings(
+            settle_delay_s=checks.settle_delay_s,
+            max_wait_s=checks.max_wait_s,
+            max_gap_s=checks.max_gap_s,
+        ),
+        tracker=tracker,
+        store=store,
+        client=market.client,
+        clock=clock,
+        meters={m.location_id: m for m in loaded.meters},
+    )
+    engine = Engine(
+        EngineSettings.from_config(cfg.engine),
+        loaded.strategies,
+        clock=clock,
+        tracker=tracker,
+        broker=market.client,
+        limits=cfg.risk,
+        kill_switch=KillSwitch(
+            configured=cfg.kill_switch.engaged, file=loaded.kill_switch_file, store=store
+        ),
+        observers=[verifier.observe],
+    )
+    feed = market.feed(orders=tracker)
+    return Parts(engine, verifier, hub, feed, tracker, store, market, clock)
+
+
+async def _handle_signals(loaded: config.LoadedConfig, engine: Engine, stop: trio.Event) -> None:
     wanted = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
     with trio.open_signal_receiver(*wanted) as signals:
         async for signum in signals:
@@ -136,25 +192,48 @@ async def _handle_signals(
                 await engine.engage_kill_switch("SIGUSR1")
             else:
                 log.info("daemon.stopping", signal=signal.Signals(signum).name)
-                break
-        # Graceful stop, bounded; a second SIGINT (or SIGTERM) cuts it short.
-        async with trio.open_nursery() as stopper:
+                stop.set()
+                return
 
-            async def stop_at_second_signal() -> None:
-                async for signum in signals:
-                    if signum in (signal.SIGINT, signal.SIGTERM):
-                        log.warning("daemon.stop_now")
-                        stopper.cancel_scope.cancel()
 
-            stopper.start_soon(stop_at_second_signal)
-            with trio.move_on_after(SHUTDOWN_TIMEOUT_S) as bounded:
-                await engine.shutdown()
-                pending = await verifier.drain()  # what is due goes out now; the rest waits
-                log.info("verification.drained", pending=pending)
-            if bounded.cancelled_caught:
-                log.warning("daemon.shutdown_timeout", timeout_s=SHUTDOWN_TIMEOUT_S)
-            stopper.cancel_scope.cancel()
-    scope.cancel()
+async def _second_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            log.warning("daemon.stop_now")
+            return
+
+
+async def _graceful_stop(
+    parts: Parts, *, stop_now: Callable[[], Awaitable[None]] | None = None
+) -> None:
+    """Strategies stopped, orders cancelled (if configured), the outbox drained: bounded in time,
+    and cut short by a second signal."""
+    async with trio.open_nursery() as stopper:
+        if stop_now is not None:
+
+            async def cut_short() -> None:
+                await stop_now()
+                stopper.cancel_scope.cancel()
+
+            stopper.start_soon(cut_short)
+        with trio.move_on_after(SHUTDOWN_TIMEOUT_S) as bounded:
+            await parts.engine.shutdown()
+            pending = await parts.verifier.drain()  # what is due goes out now; the rest waits
+            log.info("verification.drained", pending=pending)
+        if bounded.cancelled_caught:
+            log.warning("daemon.shutdown_timeout", timeout_s=SHUTDOWN_TIMEOUT_S)
+        stopper.cancel_scope.cancel()
+
+
+def summary_line(parts: Parts) -> str:
+    """One line for systemd's STATUS= and for people."""
+    counts = parts.engine.counts
+    live = len(parts.tracker.live())
+    return (
+        f"{len(parts.engine.runners)} strategies, {live} open orders, "
+        f"{counts.get('placed', 0)} placed, {counts.get('fills', 0)} fills, "
+        f"{parts.verifier.sent} verification submissions"
+    )
 
 
 def _reload(loaded: config.LoadedConfig, engine: Engine) -> None:

@@ -66,7 +66,7 @@ MIGRATIONS: Sequence[str] = (
         order_id         TEXT NOT NULL,
         measurement_type TEXT NOT NULL,   -- baseline | metering
         body             TEXT NOT NULL,   -- the exact JSON sent, every time (a resend is identical)
-        state            TEXT NOT NULL,   -- pending | acked | failed
+        state            TEXT NOT NULL,   -- pending | acked | failed | obsolete
         attempts         INTEGER NOT NULL DEFAULT 0,
         next_at          REAL NOT NULL,   -- wall-clock seconds of the next attempt
         last_error       TEXT,

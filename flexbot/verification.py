@@ -12,9 +12,11 @@ What is submitted, and when:
 The outbox (SQLite, committed before anything is sent) holds each submission under (order id,
 measurement type): enqueued once, its exact body stored and resent unchanged, retried with capped
 jittered backoff until the market acknowledges (any 2xx), and resumed after a restart. A 409 that
-says the data was already received counts as done; any other refusal is final and logged with the
-market's words (`verification.failed`). Outcomes then arrive as contract updates on `/trade`:
-`verification.accepted`, `verification.rejected` (with the market's reason), `settlement.completed`.
+says the data was already received counts as done; a baseline refused because its order was
+cancelled or matched meanwhile is obsolete (`verification.obsolete`); any other refusal is final
+and logged with the market's words (`verification.failed`). Outcomes then arrive as contract
+updates on `/trade`: `verification.accepted`, `verification.rejected` (with the market's reason),
+`settlement.completed`.
 """
 
 from __future__ import annotations
@@ -253,8 +255,13 @@ class Verifier:
                 else:
                     await self._client.submit_metering(order_id, reading)
             except Conflict as exc:
-                done = "already" in str(exc).lower()
-                await self._finish(row, "acked" if done else "failed", str(exc))
+                if "already" in str(exc).lower():
+                    state = "acked"  # the market has it: done
+                elif kind == BASELINE and self._order_moved_on(order_id):
+                    state = "obsolete"  # cancelled or matched meanwhile: nothing left to do
+                else:
+                    state = "failed"
+                await self._finish(row, state, str(exc))
             except (NotFound, Rejected) as exc:
                 if (
                     isinstance(exc, Rejected)
@@ -277,8 +284,15 @@ class Verifier:
         if state == "acked":
             self.sent += 1
             log.info("verification.submitted", **fields, attempts=row.attempts + 1, note=error)
+        elif state == "obsolete":
+            log.info("verification.obsolete", **fields, reason=error)
         else:
             log.error("verification.failed", **fields, reason=error, attempts=row.attempts + 1)
+
+    def _order_moved_on(self, order_id: str) -> bool:
+        intent = self._tracker.by_order_id(order_id)
+        order = intent.order if intent is not None else None
+        return order is not None and (order.is_final or bool(order.contracts))
 
     async def _later(self, row: OutboxRow, error: str) -> None:
         delay = self.settings.backoff.delay(row.attempts, self._rng)

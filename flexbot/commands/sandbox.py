@@ -1,4 +1,4 @@
-"""`flexbot sandbox` (the local market) and `flexbot demo` (a sandbox ready for a newcomer)."""
+"""`flexbot sandbox`: the local market, with a banner that shows how to use it."""
 
 from __future__ import annotations
 
@@ -156,9 +156,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     sandbox = sub.add_parser("sandbox", help="run the local GLocalFlex marketplace")
     _add_sandbox_options(sandbox)
     sandbox.set_defaults(run=run)
-    demo = sub.add_parser("demo", help="run a sandbox with a demo user and show how to use it")
-    _add_sandbox_options(demo, counterparties=3)  # a newcomer should see a market that moves
-    demo.set_defaults(run=run)
 
 
 def _settings(args: argparse.Namespace) -> tuple[MarketSettings, ServerSettings]:
@@ -264,5 +261,5 @@ async def _run_sandbox(market_settings: MarketSettings, server: ServerSettings, 
 
 def run(args: argparse.Namespace) -> int:
     market, server = _settings(args)
-    trio.run(_run_sandbox, market, server, args.command == "demo")
+    trio.run(_run_sandbox, market, server, True)
     return 0

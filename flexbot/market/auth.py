@@ -107,6 +107,11 @@ class TokenManager:
 
     # --- what callers use -----------------------------------------------------------------------
 
+    @property
+    def expires_at(self) -> float | None:
+        """When the current access token expires (trio clock); None before the first login."""
+        return None if self._grant is None else self._grant.expires_at
+
     async def token(self) -> str:
         grant = self._grant
         if grant is None or trio.current_time() >= grant.expires_at:

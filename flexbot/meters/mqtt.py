@@ -24,7 +24,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import trio
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from flexbot import logs, wire
@@ -84,11 +84,6 @@ class MqttMeter:
             reason = "; ".join(str(r) for r in reasons)
             log.warning("meter.subscribe_failed", meter=self.meter_id, reason=reason)
 
-    def _on_disconnect(
-        self, _: paho.Client, __: Any, ___: Any, reason: ReasonCode, ____: Any
-    ) -> None:
-        self._reason = self._reason or str(reason)
-
     def _on_message(self, _: paho.Client, __: Any, message: paho.MQTTMessage) -> None:
         try:
             self._pending += self.parse(message.payload, datetime.now(UTC))
@@ -107,29 +102,32 @@ class MqttMeter:
             client.username_pw_set(self.settings.username, self._password)
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
-        client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.connect_async(self.settings.host, self.settings.port, self.settings.keepalive_s)
         return client
 
     async def _pump(self, client: paho.Client, emit: Emit) -> None:
-        """Serve one connection until paho closes its socket."""
+        """Serve one connection until paho closes its socket (then say why, unless a refused
+        CONNACK already did)."""
         sock = client.socket()
+        rc = MQTTErrorCode.MQTT_ERR_SUCCESS
         next_misc = trio.current_time() + MISC_EVERY_S
         while sock is not None and client.socket() is sock:
             with trio.move_on_at(next_misc):
                 if client.want_write():
                     await trio.lowlevel.wait_writable(sock)
-                    client.loop_write()
+                    rc = client.loop_write()
                 else:
                     await trio.lowlevel.wait_readable(sock)
-                    client.loop_read()
+                    rc = client.loop_read()
             if trio.current_time() >= next_misc and client.socket() is sock:
-                client.loop_misc()
+                if client.loop_misc() or client.socket() is not sock:  # no CONNACK or PINGRESP
+                    rc = MQTTErrorCode.MQTT_ERR_KEEPALIVE
                 next_misc = trio.current_time() + MISC_EVERY_S
             if self._pending:
                 batch, self._pending = self._pending, []
                 await emit(batch)
+        self._reason = self._reason or (paho.error_string(rc) if rc else "")
 
     async def run(self, emit: Emit) -> None:
         client = self._client()
