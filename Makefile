@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck format sandbox ci clean
+.PHONY: demo test broker lint typecheck format sandbox ci clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,18 @@ demo: $(STAMP)  ## run the local marketplace with a demo user
 sandbox: $(STAMP)  ## run the local marketplace on its own (pass ARGS="--tls --port 8443")
 	$(BIN)/flexbot sandbox $(ARGS)
 
-test: $(STAMP)  ## the whole test suite
+test: $(STAMP) broker  ## the whole test suite
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The MQTT meter tests run a real broker: Debian's mosquitto, installed when missing. Best effort:
+# without apt (or root, or password-less sudo) the install is skipped and those tests skip.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || ! command -v sudo >/dev/null || echo sudo -n)
+APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto
+
+broker:  ## install the MQTT broker the tests use (mosquitto), if missing
+	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto \
+		|| $(APT_INSTALL) || ($(SUDO) apt-get update -q && $(APT_INSTALL)) \
+		|| echo "mosquitto not installed: the MQTT meter tests will be skipped" >&2
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -113,7 +113,6 @@ async def run(
                 await nursery.start(parts.feed.run)
                 await nursery.start(parts.engine.run, parts.feed)
                 await nursery.start(parts.verifier.run)
-                nursery.start_soon(notify.keep_watchdog)
                 nursery.start_soon(watch_for_silence, parts, notify, AlarmBounds())
                 if started is not None:
                     started(parts, nursery)
@@ -123,6 +122,7 @@ async def run(
                     restored=len(parts.tracker.live()),
                 )
                 notify.notify("READY=1", f"STATUS={summary_line(parts)}")
+                nursery.start_soon(notify.keep_watchdog)  # from here on, a stuck loop is fatal
                 async with trio.open_nursery() as waiting:
                     if signals:
                         waiting.start_soon(_handle_signals, loaded, parts.engine, stop)

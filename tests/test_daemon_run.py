@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -180,3 +181,41 @@ def test_the_daemon_trades_reloads_on_sighup_and_stops_on_sigterm(
     failed = next(e for e in events if e["event"] == "config.reload_failed")
     assert any("$.params.limit_price" in line for line in failed["problems"])
     assert "alice-pw" not in daemon.out.read_text()
+
+
+def test_the_daemon_speaks_the_systemd_notify_protocol(market: Market, tmp_path: Path) -> None:
+    """Under a (fake) systemd: READY once up, WATCHDOG pings while it runs, STOPPING on SIGTERM,
+    in that order, over an abstract socket name."""
+    name = f"flexbot-test-{tmp_path.name}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.settimeout(READY_S)
+        config = write_config(tmp_path, market, limit_price=0.10)
+        out = tmp_path / "run.log"
+        with out.open("wb") as stdout:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "flexbot.cli", "run", "--config", str(config)],
+                stdout=stdout,
+                stderr=subprocess.STDOUT,
+                env=child_env(
+                    FLEXBOT_PASSWORD="alice-pw", NOTIFY_SOCKET=f"@{name}", WATCHDOG_USEC="200000"
+                ),
+                cwd=ROOT,
+            )
+        try:
+            messages: list[str] = []
+            while sum(m == "WATCHDOG=1" for m in messages) < 3:
+                messages.append(sock.recv(4096).decode())
+            process.send_signal(signal.SIGTERM)
+            while "STOPPING=1" not in messages:
+                messages.append(sock.recv(4096).decode())
+            assert process.wait(timeout=STOP_S) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    kinds = [m.split("=")[0] for m in messages if not m.startswith("STATUS=")]
+    assert kinds[0] == "READY"
+    assert "STATUS=" in messages[0]  # READY carries the first status line
+    assert kinds.index("STOPPING") > max(i for i, k in enumerate(kinds) if k == "WATCHDOG") - 1
+    assert kinds.count("READY") == 1

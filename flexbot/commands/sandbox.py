@@ -261,5 +261,6 @@ async def _run_sandbox(market_settings: MarketSettings, server: ServerSettings, 
 
 def run(args: argparse.Namespace) -> int:
     market, server = _settings(args)
-    trio.run(_run_sandbox, market, server, True)
+    # The quick start shows the password: only for the default demo user, never for real ones.
+    trio.run(_run_sandbox, market, server, dict(market.users) == dict([DEMO_USER]))
     return 0

@@ -1,0 +1,281 @@
+"""The MQTT meter source against a real broker: Debian's `mosquitto`, one per module.
+
+The broker runs as a subprocess on a free loopback port; readiness is polled under a deadline.
+Publishing uses paho's own `publish` helpers (blocking, so in a worker thread). Whether the meter
+is subscribed yet is learned by publishing probes (bare numbers) until one arrives, so nothing
+sleeps a fixed time. Without a mosquitto binary (`make broker` installs it) the tests skip.
+"""
+
+from __future__ import annotations
+
+import getpass
+import random
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from decimal import Decimal
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from paho.mqtt import publish
+from structlog.testing import capture_logs
+
+from flexbot.meters.mqtt import MqttMeter
+from flexbot.meters.source import MqttSettings, Reading
+from tests.processes import free_port
+
+pytestmark = pytest.mark.anyio
+
+PROBE = Decimal(-999)  # a bare-number reading the tests publish to learn the meter is subscribed
+USER, PASSWORD = "meter", "meter-pw"
+
+
+def mosquitto_binary(name: str) -> str | None:
+    """`name` on PATH, or where Debian puts it (/usr/sbin is not on every user's PATH)."""
+    found = shutil.which(name)
+    for path in (f"/usr/sbin/{name}", f"/usr/local/sbin/{name}"):
+        if found is None and Path(path).is_file():
+            found = path
+    return found
+
+
+class Broker:
+    """A mosquitto subprocess on a fixed loopback port, which can be stopped and started again."""
+
+    def __init__(self, binary: str, directory: Path, *, passwords: Path | None = None) -> None:
+        self.port = free_port()
+        self.config = directory / "mosquitto.conf"
+        self.log = directory / "mosquitto.log"
+        auth = f"allow_anonymous false\npassword_file {passwords}\n" if passwords else ""
+        self.config.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            + (auth or "allow_anonymous true\n")
+            + "persistence false\n"
+            f"user {getpass.getuser()}\n"  # as root, mosquitto would drop to `mosquitto`
+        )
+        self.binary = binary
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [self.binary, "-c", str(self.config)], stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    pytest.fail(f"mosquitto did not listen:\n{self.log.read_text()[-2000:]}")
+                time.sleep(0.02)  # a poll interval, not a synchronisation
+            else:
+                return
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture(scope="module")
+def mosquitto() -> str:
+    binary = mosquitto_binary("mosquitto")
+    if binary is None:
+        pytest.skip("no mosquitto binary: `make broker` (apt-get install mosquitto) installs it")
+    return binary
+
+
+@pytest.fixture(scope="module")
+def broker(mosquitto: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    running = Broker(mosquitto, tmp_path_factory.mktemp("mosquitto"))
+    running.start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def secured_broker(mosquitto: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    tool = mosquitto_binary("mosquitto_passwd")
+    if tool is None:
+        pytest.skip("no mosquitto_passwd binary (Debian's mosquitto package has it)")
+    directory = tmp_path_factory.mktemp("mosquitto-secured")
+    passwords = directory / "passwords"
+    subprocess.run([tool, "-b", "-c", str(passwords), USER, PASSWORD], check=True)
+    running = Broker(mosquitto, directory, passwords=passwords)
+    running.start()
+    yield running
+    running.stop()
+
+
+class QuickRandom(random.Random):
+    """Backoff delays of at most 50 ms, so a reconnect in a test takes no time; counts retries."""
+
+    def __init__(self) -> None:
+        super().__init__(0)
+        self.retries = 0
+        self.retried_thrice = trio.Event()
+
+    def uniform(self, a: float, b: float) -> float:
+        self.retries += 1
+        if self.retries >= 3:
+            self.retried_thrice.set()
+        return min(b, 0.05)
+
+
+class Collected:
+    def __init__(self) -> None:
+        self.send, self.receive = trio.open_memory_channel[Reading](1000)
+
+    async def emit(self, batch: Any) -> None:
+        for reading in batch:
+            await self.send.send(reading)
+
+    async def next(self, *, probes: bool = False) -> Reading:
+        """The next reading (probes skipped unless asked for)."""
+        while True:
+            reading = await self.receive.receive()
+            if probes or reading.value != PROBE:
+                return reading
+
+
+async def send(broker: Broker, topic: str, *payloads: str, auth: Any = None) -> None:
+    messages = [{"topic": topic, "payload": p, "qos": 1} for p in payloads]
+    publisher = partial(
+        publish.multiple, messages, hostname="127.0.0.1", port=broker.port, auth=auth
+    )
+    await trio.to_thread.run_sync(publisher)
+
+
+async def subscribed(broker: Broker, topic: str, got: Collected, *, auth: Any = None) -> None:
+    """Publish probes until one arrives: from then on the meter hears the topic."""
+    with trio.fail_after(5):
+        while True:
+            await send(broker, topic, str(PROBE), auth=auth)
+            with trio.move_on_after(0.2):
+                await got.next(probes=True)
+                return
+
+
+@asynccontextmanager
+async def running(meter: MqttMeter) -> AsyncIterator[Collected]:
+    got = Collected()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(meter.run, got.emit)
+        yield got
+        nursery.cancel_scope.cancel()
+
+
+def meter_on(
+    broker: Broker,
+    topic: str,
+    *,
+    password: str | None = None,
+    rng: random.Random | None = None,
+    **settings: Any,
+) -> MqttMeter:
+    mqtt = MqttSettings(topic=topic, port=broker.port, **settings)
+    return MqttMeter("m1", mqtt, password=password, rng=rng or QuickRandom())
+
+
+async def test_json_readings_arrive_with_their_time_and_exact_value(broker: Broker) -> None:
+    async with running(meter_on(broker, "site/a/power")) as got:
+        await subscribed(broker, "site/a/power", got)
+        await send(
+            broker,
+            "site/a/power",
+            '{"timestamp": "2026-11-23T11:00:00+01:00", "value": 1234.5}',
+            '[{"timestamp": "2026-11-23T10:00:01Z", "value": 0.1},'
+            ' {"timestamp": "2026-11-23T10:00:02.5Z", "value": 7}]',
+        )
+        with trio.fail_after(5):
+            readings = [await got.next() for _ in range(3)]
+    at = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+    assert readings == [
+        Reading("m1", at, Decimal("1234.5")),
+        Reading("m1", at.replace(second=1), Decimal("0.1")),
+        Reading("m1", at.replace(second=2, microsecond=500000), Decimal(7)),
+    ]
+    assert readings[1].value.as_tuple() == Decimal("0.1").as_tuple()  # no float on the way
+
+
+async def test_a_bare_number_is_stamped_on_arrival(broker: Broker) -> None:
+    async with running(meter_on(broker, "site/b/power")) as got:
+        await subscribed(broker, "site/b/power", got)
+        before = datetime.now(UTC)
+        await send(broker, "site/b/power", "4200.25")
+        with trio.fail_after(5):
+            reading = await got.next()
+        after = datetime.now(UTC)
+    assert reading.meter_id == "m1"
+    assert reading.value == Decimal("4200.25")
+    assert reading.at.tzinfo == UTC
+    assert before <= reading.at <= after
+
+
+async def test_a_bad_message_is_logged_and_skipped(broker: Broker) -> None:
+    bad = ["not json", '{"value": 5}', '{"timestamp": "2026-11-23T10:00:00", "value": 5}', "true"]
+    good = '{"timestamp": "2026-11-23T10:15:00Z", "value": 42}'
+    with capture_logs() as logs:
+        async with running(meter_on(broker, "site/c/power")) as got:
+            await subscribed(broker, "site/c/power", got)
+            await send(broker, "site/c/power", *bad, "x" * 1000, good)
+            with trio.fail_after(5):
+                reading = await got.next()
+    assert reading == Reading("m1", datetime(2026, 11, 23, 10, 15, tzinfo=UTC), Decimal(42))
+    rejected = [e for e in logs if e["event"] == "meter.bad_message"]
+    assert [e["payload"] for e in rejected] == [*bad, "x" * 200]
+    assert all(e["meter"] == "m1" and e["topic"] == "site/c/power" for e in rejected)
+
+
+async def test_it_reconnects_and_resubscribes_after_the_broker_restarts(broker: Broker) -> None:
+    retries = QuickRandom()
+    with capture_logs() as logs:
+        async with running(meter_on(broker, "site/d/power", rng=retries)) as got:
+            await subscribed(broker, "site/d/power", got)
+            await trio.to_thread.run_sync(broker.stop)
+            with trio.fail_after(5):
+                await retries.retried_thrice.wait()  # lost, then refused twice
+            await trio.to_thread.run_sync(broker.start)  # the same port
+            await subscribed(broker, "site/d/power", got)  # after a reconnect and a subscribe
+            await send(broker, "site/d/power", '{"timestamp": "2026-11-23T10:30:00Z", "value": 3}')
+            with trio.fail_after(5):
+                reading = await got.next()
+    assert reading.value == 3
+    warnings = [(e["event"], e["reason"]) for e in logs if e["log_level"] == "warning"]
+    assert warnings[0] == ("meter.disconnected", "The connection was lost.")
+    assert [event for event, _ in warnings[1:]] == ["meter.connect_failed"] * (len(warnings) - 1)
+    assert all("refused" in reason.lower() for _, reason in warnings[1:]), warnings
+    assert [e["event"] for e in logs].count("meter.connected") == 2
+
+
+async def test_a_wrong_password_is_logged_and_retried(secured_broker: Broker) -> None:
+    auth = {"username": USER, "password": PASSWORD}
+    retries = QuickRandom()
+    wrong = meter_on(
+        secured_broker, "site/e/power", username=USER, password="wrong-pw", rng=retries
+    )
+    right = meter_on(secured_broker, "site/e/power", username=USER, password=PASSWORD)
+    with capture_logs() as logs:
+        async with running(wrong) as refused, running(right) as got:
+            await subscribed(secured_broker, "site/e/power", got, auth=auth)
+            with trio.fail_after(5):
+                await retries.retried_thrice.wait()  # and still running: it retries for ever
+    failures = [e for e in logs if e["event"] == "meter.connect_failed"]
+    assert len(failures) >= 3
+    assert all("not authori" in e["reason"].lower() for e in failures), failures
+    assert refused.receive.statistics().current_buffer_used == 0  # it never heard a probe
+    assert "wrong-pw" not in repr(logs)
