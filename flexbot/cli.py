@@ -15,6 +15,7 @@ from flexbot.commands import (
     replay,
     run,
     sandbox,
+    status,
     watch,
 )
 
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_parser(sub)
     replay.add_parser(sub)
     demo.add_parser(sub)
+    status.add_parser(sub)
     return parser
 
 

@@ -181,6 +181,21 @@ def test_the_daemon_trades_reloads_on_sighup_and_stops_on_sigterm(
     failed = next(e for e in events if e["event"] == "config.reload_failed")
     assert any("$.params.limit_price" in line for line in failed["problems"])
     assert "alice-pw" not in daemon.out.read_text()
+    # `flexbot status` reads what happened from the store (the buyer's valid config back first).
+    write_buyer(tmp_path, {"limit_price": 0.20, "power_w": 10000, "lead_s": 0})
+    shown = subprocess.run(
+        [sys.executable, "-m", "flexbot.cli", "status", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=child_env(FLEXBOT_PASSWORD="alice-pw"),
+        cwd=ROOT,
+        timeout=READY_S,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "buyer            FlexBuyer v1, live" in shown.stdout
+    assert "recent fills (2 in all)" in shown.stdout
+    assert "kill switch: not engaged" in shown.stdout
 
 
 def test_the_daemon_speaks_the_systemd_notify_protocol(market: Market, tmp_path: Path) -> None:

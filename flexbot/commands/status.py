@@ -1,0 +1,144 @@
+"""`flexbot status [--config PATH]`: what the daemon is doing, read from its store.
+
+The store is SQLite in WAL mode, so this reads it safely while the daemon runs (or after it
+stopped). It shows the strategies of the config, the kill switch, open and unknown orders, recent
+fills, contracts waiting for metering or verification, the outbox backlog and each meter's last
+reading.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+from flexbot import config, model, wire
+from flexbot.commands import add_log_format
+from flexbot.commands.run import DEFAULT_CONFIG
+from flexbot.engine import killswitch
+from flexbot.problems import Invalid
+from flexbot.store import JournalRow, Store, StoreError
+
+RECENT_FILLS = 10
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("status", help="what the daemon is doing, from its store")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="the config file")
+    add_log_format(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        loaded = config.load(args.config)
+    except config.ConfigError as exc:
+        for line in exc.lines:
+            print(line, file=sys.stderr)
+        return 2
+    if not loaded.store_path.exists():
+        print(f"no store at {loaded.store_path}: the daemon has not run with this config yet")
+        return 0
+    try:
+        store = Store.open(loaded.store_path)
+    except StoreError as exc:
+        print(f"flexbot status: {exc}", file=sys.stderr)
+        return 1
+    try:
+        print("\n".join(report(loaded, store)))
+    finally:
+        store.close()
+    return 0
+
+
+def report(loaded: config.LoadedConfig, store: Store) -> list[str]:
+    out = [f"store {loaded.store_path} (schema {store.schema_version})", ""]
+    out.append("strategies")
+    for spec in loaded.strategies:
+        mode = "disabled" if not spec.enabled else "dry run" if spec.dry_run else "live"
+        out.append(f"  {spec.name:<16} {spec.cls.__name__} v{spec.version}, {mode}")
+    latch = killswitch.latch_of(store)
+    file = loaded.kill_switch_file
+    reasons = [
+        why
+        for why, on in (
+            (f"latch ({latch})", latch is not None),
+            ("config", loaded.config.kill_switch.engaged),
+            (f"file {file}", file is not None and file.exists()),
+        )
+        if on
+    ]
+    out.append(f"kill switch: {'ENGAGED: ' + ', '.join(reasons) if reasons else 'not engaged'}")
+    rows = store.orders()
+    orders = [(row, _order(row)) for row in rows]
+    live = [(row, order) for row, order in orders if row.state in ("pending", "open", "unknown")]
+    states = Counter(row.state for row, _ in live)
+    out += ["", f"open orders: {len(live)} ({_counts(states)})"]
+    for row, order in live:
+        request = wire.decode(row.request, model.OrderRequest)
+        status = str(order.status) if order else "-"
+        out.append(
+            f"  {row.strategy:<12} {request.side:<4} {request.delivery_start:%m-%d %H:%M} "
+            f"{request.power:>7} W @ {request.price:<7} {row.state:<8} {status:<22} "
+            f"{row.order_id or row.client_id}"
+        )
+    fills = sorted(
+        (
+            (contract, row)
+            for row, order in orders
+            if order is not None
+            for contract in order.contracts
+        ),
+        key=lambda pair: pair[0].created_at or datetime.min.replace(tzinfo=UTC),
+        reverse=True,
+    )
+    out += ["", f"recent fills ({len(fills)} in all)"]
+    for contract, row in fills[:RECENT_FILLS]:
+        out.append(
+            f"  {row.strategy:<12} {contract.delivery_start:%m-%d %H:%M} {contract.power:>7} W "
+            f"@ {contract.price:<7} {contract.status}"
+        )
+    outbox = {(r.order_id, r.measurement_type): r for r in store.outbox()}
+    waiting_metering = [
+        c
+        for c, row in fills
+        if row.order_id and (row.order_id, "metering") not in outbox and _is_sell(row)
+    ]
+    waiting_verification = [
+        c for c, _ in fills if c.status == model.ContractStatus.VERIFICATION_INITIATED
+    ]
+    out += [
+        "",
+        f"contracts awaiting metering: {len(waiting_metering)}; "
+        f"awaiting verification: {len(waiting_verification)}",
+    ]
+    pending, oldest = store.outbox_backlog()
+    by_state = Counter(r.state for r in outbox.values())
+    age = f", oldest {time.time() - oldest:.0f} s" if oldest is not None else ""
+    out.append(f"outbox: {pending} pending{age} ({_counts(by_state) or 'empty'})")
+    if loaded.meters:
+        out += ["", "meters"]
+        for meter in loaded.meters:
+            last = store.last_reading_at(meter.id)
+            out.append(f"  {meter.id:<16} {meter.location_id:<12} last reading {last or 'none'}")
+    return out
+
+
+def _order(row: JournalRow) -> model.Order | None:
+    if row.last_order is None:
+        return None
+    try:
+        return wire.decode(row.last_order, model.Order)
+    except Invalid:
+        return None
+
+
+def _is_sell(row: JournalRow) -> bool:
+    return '"side":"sell"' in row.request
+
+
+def _counts(counter: Counter[str]) -> str:
+    return ", ".join(f"{n} {name}" for name, n in sorted(counter.items()))
