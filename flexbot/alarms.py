@@ -15,6 +15,7 @@ The current alarms are also part of systemd's STATUS line.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -39,7 +40,12 @@ class AlarmBounds:
     outbox_age_s: float = 900.0
 
 
-async def watch_for_silence(parts: Parts, notify: Notifier, bounds: AlarmBounds) -> None:
+async def watch_for_silence(
+    parts: Parts,
+    notify: Notifier,
+    bounds: AlarmBounds,
+    on_alarms: Callable[[set[str]], None] | None = None,
+) -> None:
     active: dict[str, dict[str, object]] = {}
     while True:
         await trio.sleep(bounds.check_s)
@@ -51,6 +57,8 @@ async def watch_for_silence(parts: Parts, notify: Notifier, bounds: AlarmBounds)
             if key not in found:
                 log.info("alarm.cleared", **fields)
         active = found
+        if on_alarms is not None:
+            on_alarms({str(f["alarm"]) for f in found.values()})
         if notify.enabled:
             from flexbot.daemon import summary_line  # the daemon imports us: import at use
 

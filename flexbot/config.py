@@ -7,8 +7,10 @@ relative to the config file; `${VAR}` may appear in it, e.g.
 when the config is loaded, so `flexbot check-config` reports a missing variable or file too.
 
 Sections: `market` (where and who), `store` (the SQLite file), `strategies` (where their files
-and code live), `engine`, `risk` (global limits), `kill_switch`, `logging`. Paths are relative to
-the config file and may use `${VAR}` (e.g. `${STATE_DIRECTORY}/flexbot.db` under systemd).
+and code live), `engine`, `risk` (global limits), `kill_switch`, `meters` (readings, baselines),
+`verification` (when metering is sent), `metrics` (the Prometheus endpoint), `logging`. Paths are
+relative to the config file and may use `${VAR}` (e.g. `${STATE_DIRECTORY}/flexbot.db` under
+systemd).
 
 Each strategy is one YAML file in `strategies.config_dir` (see `flexbot.engine.loader`); its
 problems are reported under its own file name, e.g.
@@ -106,6 +108,11 @@ class VerificationConfig:
 
 
 @frozen
+class MetricsConfig:
+    listen: str | None = None  # host:port of the Prometheus endpoint, e.g. 127.0.0.1:9108
+
+
+@frozen
 class KillSwitchConfig:
     engaged: bool = False  # engage from the config
     file: str | None = None  # engaged while this file exists
@@ -127,6 +134,7 @@ class FlexbotConfig:
     kill_switch: KillSwitchConfig = attrs.field(factory=KillSwitchConfig)
     meters: tuple[MeterEntry, ...] = ()
     verification: VerificationConfig = attrs.field(factory=VerificationConfig)
+    metrics: MetricsConfig = attrs.field(factory=MetricsConfig)
     logging: LoggingConfig = attrs.field(factory=LoggingConfig)
 
 
@@ -375,6 +383,9 @@ def _check(config: FlexbotConfig) -> list[Problem]:
             bad(("engine", name), "must be at least 1")
     if engine.expiry_lead_s < 0:
         bad(("engine", "expiry_lead_s"), "must be 0 or more")
+    listen = config.metrics.listen
+    if listen is not None and not re.fullmatch(r"[^:\s]+:\d{1,5}", listen):
+        bad(("metrics", "listen"), f"expected host:port, e.g. 127.0.0.1:9108, got {listen!r}")
     if config.logging.level not in LOG_LEVELS:
         bad(("logging", "level"), f"must be one of {', '.join(LOG_LEVELS)}")
     if config.logging.format not in LOG_FORMATS:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 
 import httpx
 import trio
@@ -32,6 +33,7 @@ from flexbot.engine.recording import Recorder
 from flexbot.market.feed import MarketFeed
 from flexbot.market.session import MarketSession, connect
 from flexbot.meters.hub import MeterHub, sold_power
+from flexbot.metrics import Metrics, MetricsSettings
 from flexbot.store import AsyncStore, Store
 from flexbot.systemd import Notifier
 from flexbot.verification import VerificationSettings, Verifier
@@ -113,7 +115,13 @@ async def run(
                 await nursery.start(parts.feed.run)
                 await nursery.start(parts.engine.run, parts.feed)
                 await nursery.start(parts.verifier.run)
-                nursery.start_soon(watch_for_silence, parts, notify, AlarmBounds())
+                metrics = Metrics() if cfg.metrics.listen else None
+                if metrics is not None and cfg.metrics.listen is not None:
+                    metrics.attach(parts)
+                    await nursery.start(metrics.serve, MetricsSettings(cfg.metrics.listen))
+                    nursery.start_soon(metrics.refresh_outbox)
+                on_alarms = None if metrics is None else partial(setattr, metrics, "alarms")
+                nursery.start_soon(watch_for_silence, parts, notify, AlarmBounds(), on_alarms)
                 if started is not None:
                     started(parts, nursery)
                 log.info(

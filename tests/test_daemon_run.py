@@ -21,7 +21,7 @@ import yaml
 
 from flexbot import model, wire
 from flexbot.strategy import Window, flat_baseline
-from tests.processes import READY_S, ROOT, Market, child_env, sandbox_process
+from tests.processes import READY_S, ROOT, Market, child_env, free_port, sandbox_process
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,9 @@ def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Market]:
         yield running
 
 
-def write_config(root: Path, market: Market, limit_price: float) -> Path:
+def write_config(
+    root: Path, market: Market, limit_price: float, metrics_port: int | None = None
+) -> Path:
     (root / "strategies").mkdir(exist_ok=True)
     config = {
         "market": {
@@ -48,6 +50,8 @@ def write_config(root: Path, market: Market, limit_price: float) -> Path:
         "engine": {"resolve_interval_s": 0.5},
         "logging": {"format": "json"},
     }
+    if metrics_port is not None:
+        config["metrics"] = {"listen": f"127.0.0.1:{metrics_port}"}
     (root / "flexbot.yaml").write_text(yaml.safe_dump(config))
     write_buyer(root, {"limit_price": limit_price, "power_w": 10000, "lead_s": 0})
     return root / "flexbot.yaml"
@@ -200,12 +204,13 @@ def test_the_daemon_trades_reloads_on_sighup_and_stops_on_sigterm(
 
 def test_the_daemon_speaks_the_systemd_notify_protocol(market: Market, tmp_path: Path) -> None:
     """Under a (fake) systemd: READY once up, WATCHDOG pings while it runs, STOPPING on SIGTERM,
-    in that order, over an abstract socket name."""
+    in that order, over an abstract socket name. Its Prometheus endpoint answers meanwhile."""
     name = f"flexbot-test-{tmp_path.name}"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind("\0" + name)
         sock.settimeout(READY_S)
-        config = write_config(tmp_path, market, limit_price=0.10)
+        port = free_port()
+        config = write_config(tmp_path, market, limit_price=0.10, metrics_port=port)
         out = tmp_path / "run.log"
         with out.open("wb") as stdout:
             process = subprocess.Popen(
@@ -221,6 +226,7 @@ def test_the_daemon_speaks_the_systemd_notify_protocol(market: Market, tmp_path:
             messages: list[str] = []
             while sum(m == "WATCHDOG=1" for m in messages) < 3:
                 messages.append(sock.recv(4096).decode())
+            scraped = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
             process.send_signal(signal.SIGTERM)
             while "STOPPING=1" not in messages:
                 messages.append(sock.recv(4096).decode())
@@ -234,3 +240,13 @@ def test_the_daemon_speaks_the_systemd_notify_protocol(market: Market, tmp_path:
     assert "STATUS=" in messages[0]  # READY carries the first status line
     assert kinds.index("STOPPING") > max(i for i, k in enumerate(kinds) if k == "WATCHDOG") - 1
     assert kinds.count("READY") == 1
+    for family in (
+        'flexbot_orders{state="open",strategy="buyer"}',
+        "flexbot_order_events_total",
+        'flexbot_ws_connected{endpoint="trade"} 1.0',
+        "flexbot_token_grants_total",
+        "flexbot_outbox_pending",
+        "# TYPE flexbot_rest_request_seconds histogram",
+        'flexbot_alarms{alarm="stream_silent"} 0.0',
+    ):
+        assert family in scraped, family

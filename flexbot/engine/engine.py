@@ -328,6 +328,7 @@ class Engine:
             delivery_start=wire.format_datetime(request.delivery_start),
         )
         self._count("risk_rejected")
+        self._count(f"risk_rejected:{rejection.limit}")
         return OwnOrder(
             client_id="",
             strategy=runner.name,

@@ -1,0 +1,179 @@
+"""The optional Prometheus endpoint (`metrics.listen: 127.0.0.1:9108`), served by hypercorn on trio.
+
+Most figures are read from the running parts when Prometheus scrapes (a custom collector over the
+engine's counters, the tracker, the stream stats): nothing to keep in step. The REST latency
+histogram is fed by the market client; the outbox figures come from the store, refreshed every few
+seconds by a task (the store is not read from the scrape itself). The registry is this object's
+own, never the process-global one.
+
+| metric | type | labels |
+|---|---|---|
+| flexbot_orders | gauge | strategy, state (pending, open, unknown, done, rejected…) |
+| flexbot_order_events_total | counter | event (intents, placed, rejected, unknown, fills…) |
+| flexbot_filled_power_watts | gauge | strategy, side (power of all contracts) |
+| flexbot_risk_rejections_total | counter | limit |
+| flexbot_ws_{connects,disconnects,messages}_total | counter | endpoint |
+| flexbot_ws_connected | gauge | endpoint |
+| flexbot_ticker_dropped_total | counter | |
+| flexbot_token_grants_total | counter | |
+| flexbot_outbox_pending, flexbot_outbox_oldest_age_seconds | gauge | |
+| flexbot_verification_submissions_total | counter | |
+| flexbot_alarms | gauge | alarm (1 while raised) |
+| flexbot_rest_request_seconds | histogram | method |
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from decimal import Decimal
+from functools import partial
+from typing import TYPE_CHECKING, cast
+
+import trio
+from attrs import frozen
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+from hypercorn.typing import Framework
+from prometheus_client import CollectorRegistry, Histogram, make_asgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from flexbot import logs
+from flexbot.strategy import IntentState
+
+if TYPE_CHECKING:
+    from flexbot.daemon import Parts
+
+log = logs.get_logger("flexbot.metrics")
+
+
+@frozen
+class MetricsSettings:
+    listen: str  # host:port
+
+
+class Metrics(Collector):
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.rest_latency = Histogram(
+            "flexbot_rest_request_seconds",
+            "Time the market took to answer a REST request",
+            ["method"],
+            registry=self.registry,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+        )
+        self.parts: Parts | None = None
+        self.outbox_pending = 0
+        self.outbox_oldest_age_s = 0.0
+        self.alarms: set[str] = set()
+        self.registry.register(self)
+
+    def attach(self, parts: Parts) -> None:
+        self.parts = parts
+        parts.market.client.on_latency = self.observe_latency
+
+    def observe_latency(self, method: str, seconds: float) -> None:
+        self.rest_latency.labels(method=method).observe(seconds)
+
+    def collect(self) -> Iterator[Metric]:
+        parts = self.parts
+        if parts is None:
+            return
+        orders = GaugeMetricFamily("flexbot_orders", "Own orders", labels=["strategy", "state"])
+        by_state: Counter[tuple[str, str]] = Counter()
+        filled: dict[tuple[str, str], Decimal] = {}
+        for intent in parts.tracker:
+            by_state[(intent.strategy, str(intent.state))] += 1
+            key = (intent.strategy, str(intent.request.side))
+            filled[key] = filled.get(key, Decimal(0)) + intent.snapshot().filled_power_w
+        for strategy in parts.engine.runners:
+            for state in IntentState:
+                orders.add_metric([strategy, str(state)], by_state[(strategy, str(state))])
+        yield orders
+        power = GaugeMetricFamily(
+            "flexbot_filled_power_watts", "Power of own contracts", labels=["strategy", "side"]
+        )
+        for (strategy, side), watts in sorted(filled.items()):
+            power.add_metric([strategy, side], float(watts))
+        yield power
+        counts = parts.engine.counts
+        events = CounterMetricFamily("flexbot_order_events", "Order events", labels=["event"])
+        for event in ("intents", "placed", "rejected", "unknown", "cancelled", "fills"):
+            events.add_metric([event], counts.get(event, 0))
+        yield events
+        risk = CounterMetricFamily(
+            "flexbot_risk_rejections", "Intents refused by risk", labels=["limit"]
+        )
+        for name, value in sorted(counts.items()):
+            if name.startswith("risk_rejected:"):
+                risk.add_metric([name.partition(":")[2]], value)
+        yield risk
+        yield from self._streams(parts)
+        yield CounterMetricFamily(
+            "flexbot_token_grants", "Tokens obtained", value=parts.market.tokens.grants
+        )
+        yield CounterMetricFamily(
+            "flexbot_verification_submissions",
+            "Baselines and meterings acknowledged",
+            value=parts.verifier.sent,
+        )
+        yield GaugeMetricFamily(
+            "flexbot_outbox_pending", "Submissions waiting", value=self.outbox_pending
+        )
+        yield GaugeMetricFamily(
+            "flexbot_outbox_oldest_age_seconds",
+            "Age of the oldest waiting submission",
+            value=self.outbox_oldest_age_s,
+        )
+        alarms = GaugeMetricFamily("flexbot_alarms", "Raised alarms", labels=["alarm"])
+        for alarm in ("stream_silent", "token_expired", "metering_overdue", "outbox_stale"):
+            alarms.add_metric([alarm], 1 if alarm in self.alarms else 0)
+        yield alarms
+
+    def _streams(self, parts: Parts) -> Iterator[Metric]:
+        families = {
+            name: CounterMetricFamily(
+                f"flexbot_ws_{name}", f"WebSocket {name}", labels=["endpoint"]
+            )
+            for name in ("connects", "disconnects", "messages")
+        }
+        connected = GaugeMetricFamily("flexbot_ws_connected", "Link up", labels=["endpoint"])
+        for endpoint, consumer in parts.feed.consumers.items():
+            stats = consumer.stats
+            families["connects"].add_metric([str(endpoint)], stats.connects)
+            families["disconnects"].add_metric([str(endpoint)], stats.disconnects)
+            families["messages"].add_metric([str(endpoint)], stats.frames)
+            connected.add_metric([str(endpoint)], 1 if consumer.connected else 0)
+        yield from families.values()
+        yield connected
+        yield CounterMetricFamily(
+            "flexbot_ticker_dropped", "Ticker events dropped", value=parts.feed.ticker.dropped
+        )
+
+    async def refresh_outbox(self, every_s: float = 5.0) -> None:
+        while True:
+            parts = self.parts
+            if parts is not None:
+                pending, oldest = await parts.store.run(parts.store.sync.outbox_backlog)
+                self.outbox_pending = pending
+                self.outbox_oldest_age_s = 0.0 if oldest is None else time.time() - oldest
+            await trio.sleep(every_s)
+
+    async def serve(
+        self,
+        settings: MetricsSettings,
+        *,
+        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve `/metrics` (any path, in fact) until cancelled; starts with the bound address."""
+        config = HypercornConfig()
+        config.bind = [settings.listen]
+        config.accesslog = None
+        config.errorlog = None
+        app = cast(Framework, make_asgi_app(self.registry))
+        async with trio.open_nursery() as nursery:
+            binds: list[str] = await nursery.start(partial(serve, app, config))
+            log.info("metrics.listening", address=binds[0])
+            task_status.started(binds[0])
