@@ -10,12 +10,14 @@ from pathlib import Path
 
 import trio
 
-from flexbot import config, daemon, wire
+from flexbot import config, daemon, logs, wire
 from flexbot.commands import add_log_format
 from flexbot.engine import killswitch
+from flexbot.market.auth import AuthFailed
 from flexbot.store import Store, StoreError
 
 DEFAULT_CONFIG = Path("config/flexbot.yaml")
+log = logs.get_logger("flexbot.daemon")
 
 
 def _add_config(parser: argparse.ArgumentParser) -> None:
@@ -57,11 +59,30 @@ def run(args: argparse.Namespace) -> int:
     loaded = _load(args.config)
     if loaded is None:
         return 2
+    # The config's logging applies now (a --log-format on the command line wins).
+    settings = loaded.config.logging
+    chosen = getattr(args, "log_format", None)
+    fmt = chosen or (None if settings.format == "auto" else settings.format)
+    logs.configure(json=None if fmt is None else fmt == "json", level=settings.level)
+    # Exit 2 for what a restart cannot fix (systemd's RestartPreventExitStatus=2): wrong
+    # credentials, a store from a newer flexbot.
+    status = 2
     try:
-        return trio.run(daemon.run, loaded)
-    except StoreError as exc:
-        print(f"flexbot run: {exc}", file=sys.stderr)
-        return 1
+        status = trio.run(daemon.run, loaded)
+    except* AuthFailed as group:
+        log.error("daemon.auth_failed", reason=str(_first(group)))
+        print(f"flexbot run: the market refused the login: {_first(group)}", file=sys.stderr)
+    except* StoreError as group:
+        log.error("daemon.store_unusable", reason=str(_first(group)))
+        print(f"flexbot run: {_first(group)}", file=sys.stderr)
+    return status
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 def run_kill_switch(args: argparse.Namespace) -> int:

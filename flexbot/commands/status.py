@@ -9,6 +9,7 @@ reading.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections import Counter
@@ -27,7 +28,12 @@ RECENT_FILLS = 10
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("status", help="what the daemon is doing, from its store")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="the config file")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=Path(os.environ.get("FLEXBOT_CONFIG", DEFAULT_CONFIG)),
+        help=f"the config file (env FLEXBOT_CONFIG, default {DEFAULT_CONFIG})",
+    )
     add_log_format(parser)
     parser.set_defaults(run=run)
 
