@@ -193,6 +193,8 @@ class Verifier:
             past = await self._quarters(meter, start - shift, end - shift)
             if not any(q.flagged for q in past):
                 history[day] = [q.energy_kwh for q in past]
+                if len(history) >= look_back:
+                    break  # newest first: the rest would not be used
         if method.method == "mean_of_days":
             energies = baselines.mean_of_days(history, start.date(), method.days)
         else:

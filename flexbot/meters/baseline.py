@@ -8,7 +8,8 @@ same time of day), by one of the methods used in demand-response programmes:
 - `provided`: a forecast from another meter (its readings for the window itself).
 
 Comparable days: the same kind of day as the target (a weekday for a weekday, a weekend day for a
-weekend day) whose data for the window is complete (no flagged quarter). Too few comparable days
+weekend day) whose data for the window is complete (no flagged quarter); the newest ones are taken,
+skipping incomplete days, within a horizon of `7 × N + 14` days. Too few comparable days
 is an error that names the method and how many were found: never a made-up baseline.
 """
 
@@ -28,9 +29,12 @@ def comparable(day: date, target: date) -> bool:
 
 
 def candidate_days(target: date, look_back: int) -> list[date]:
-    """Earlier days of the target's kind, newest first, within `look_back` × 2 + 7 days (enough
-    to find `look_back` of either kind)."""
-    days = [target - timedelta(days=k) for k in range(1, look_back * 2 + 8)]
+    """Earlier days of the target's kind, newest first, over a horizon long enough to find
+    `look_back` of them twice over (weekend days come two a week): a day without complete data is
+    skipped and an older one taken, as demand-response programmes do, but never from further back
+    than the horizon."""
+    horizon = look_back * 7 + 14
+    days = [target - timedelta(days=k) for k in range(1, horizon + 1)]
     return [d for d in days if comparable(d, target)]
 
 
@@ -38,6 +42,8 @@ def mean_of_days(
     history: Mapping[date, Sequence[Decimal]], target: date, days: int
 ) -> list[Decimal]:
     """Per quarter, the mean over the last `days` comparable days present in `history`."""
+    if days < 1:
+        raise ValueError("mean_of_days needs days >= 1")
     chosen = [history[d] for d in candidate_days(target, days) if d in history][:days]
     if not chosen:
         raise BaselineUnavailable(f"mean_of_days: no comparable day of history before {target}")

@@ -62,7 +62,9 @@ class CsvMeter:
         complete = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits
         self._offsets[file] = offset + len(complete)
         rows: list[Reading] = []
-        for line in complete.decode("utf-8", "replace").splitlines():
+        # utf-8-sig at the start of a file: spreadsheet exports begin with a byte-order mark.
+        encoding = "utf-8-sig" if offset == 0 else "utf-8"
+        for line in complete.decode(encoding, "replace").splitlines():
             self._lines[file] = self._lines.get(file, 0) + 1
             if not line.strip():
                 continue
