@@ -32,9 +32,11 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
+import attrs
 from attrs import frozen
 
 from flexbot import model, rules
+from flexbot.problems import Invalid
 from flexbot.schedule import Timer
 
 
@@ -240,6 +242,12 @@ class Strategy(Generic[P]):
 
 
 # --- helpers for strategies ---------------------------------------------------------------------
+
+
+def positive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """An attrs validator for Params: the value must be greater than 0 (located if not)."""
+    if not value > 0:
+        raise Invalid.single((attribute.name,), f"must be greater than 0, got {value}")
 
 
 def _same_market(entry: model.BookEntry, window: Window, country: str) -> bool:

@@ -13,20 +13,14 @@ from decimal import Decimal
 import attrs
 
 from flexbot import model
-from flexbot.problems import Invalid
 from flexbot.schedule import Timer
-from flexbot.strategy import Context, IntentState, Strategy, Window, asks_in
-
-
-def _positive(instance: object, attribute: attrs.Attribute[Decimal], value: Decimal) -> None:
-    if not value > 0:
-        raise Invalid.single((attribute.name,), f"must be greater than 0, got {value}")
+from flexbot.strategy import Context, IntentState, Strategy, Window, asks_in, positive
 
 
 @attrs.frozen
 class BuyerParams:
-    limit_price: Decimal = attrs.field(validator=_positive)  # €/kWh: never pay more
-    power_w: Decimal = attrs.field(default=Decimal(5000), validator=_positive)  # per window
+    limit_price: Decimal = attrs.field(validator=positive)  # €/kWh: never pay more
+    power_w: Decimal = attrs.field(default=Decimal(5000), validator=positive)  # per window
     windows_ahead: int = 4
     lead_s: int = 900
     hours_utc: tuple[int, ...] = ()  # only windows starting in these hours; () for all

@@ -28,12 +28,8 @@ from flexbot.strategy import (
     Window,
     bids_in,
     flat_baseline,
+    positive,
 )
-
-
-def _positive(instance: object, attribute: attrs.Attribute[Decimal], value: Decimal) -> None:
-    if not value > 0:
-        raise Invalid.single((attribute.name,), f"must be greater than 0, got {value}")
 
 
 @attrs.frozen
@@ -47,8 +43,8 @@ class Slot:
 
 @attrs.frozen
 class SellerParams:
-    floor_price: Decimal = attrs.field(validator=_positive)  # €/kWh: never sell below
-    ask_price: Decimal = attrs.field(validator=_positive)  # €/kWh: the first offer's price
+    floor_price: Decimal = attrs.field(validator=positive)  # €/kWh: never sell below
+    ask_price: Decimal = attrs.field(validator=positive)  # €/kWh: the first offer's price
     capacity_w: Decimal = Decimal(5000)  # flexibility available in a window, unless scheduled
     schedule: tuple[Slot, ...] = ()  # overrides capacity_w in the hours it covers
     # The site's usual load, for a flat baseline sent with each offer; None: flexbot builds the

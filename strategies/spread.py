@@ -24,20 +24,16 @@ from flexbot.strategy import (
     asks_in,
     bids_in,
     flat_baseline,
+    positive,
 )
-
-
-def _positive(instance: object, attribute: attrs.Attribute[Decimal], value: Decimal) -> None:
-    if not value > 0:
-        raise Invalid.single((attribute.name,), f"must be greater than 0, got {value}")
 
 
 @attrs.frozen
 class SpreadParams:
-    fair_price: Decimal = attrs.field(validator=_positive)  # €/kWh: the mid when nothing trades
-    half_spread: Decimal = attrs.field(default=Decimal("0.02"), validator=_positive)
-    quote_w: Decimal = attrs.field(default=Decimal(2000), validator=_positive)
-    max_net_w: Decimal = attrs.field(default=Decimal(6000), validator=_positive)
+    fair_price: Decimal = attrs.field(validator=positive)  # €/kWh: the mid when nothing trades
+    half_spread: Decimal = attrs.field(default=Decimal("0.02"), validator=positive)
+    quote_w: Decimal = attrs.field(default=Decimal(2000), validator=positive)
+    max_net_w: Decimal = attrs.field(default=Decimal(6000), validator=positive)
     requote_threshold: Decimal = Decimal("0.01")
     baseline_w: Decimal = Decimal(10000)
     windows_ahead: int = 2

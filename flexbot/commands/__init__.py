@@ -6,6 +6,13 @@ a traceback.
 """
 
 import argparse
+import os
+import sys
+from pathlib import Path
+
+from flexbot import config
+
+DEFAULT_CONFIG = Path("config/flexbot.yaml")
 
 
 class UsageError(Exception):
@@ -20,3 +27,23 @@ def add_log_format(parser: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         help="log lines as JSON (default when stdout is not a terminal) or for people",
     )
+
+
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=Path(os.environ.get("FLEXBOT_CONFIG", DEFAULT_CONFIG)),
+        help=f"the config file (env FLEXBOT_CONFIG, default {DEFAULT_CONFIG})",
+    )
+
+
+def load_config(path: Path) -> config.LoadedConfig | None:
+    """The config, or None after printing every located problem on stderr."""
+    try:
+        return config.load(path)
+    except config.ConfigError as exc:
+        for line in exc.lines:
+            print(line, file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s) in {path}", file=sys.stderr)
+        return None

@@ -3,60 +3,35 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
 
 import trio
 
-from flexbot import config, daemon, logs, wire
-from flexbot.commands import add_log_format
+from flexbot import daemon, logs, wire
+from flexbot.commands import add_config_option, add_log_format, load_config
 from flexbot.engine import killswitch
 from flexbot.market.auth import AuthFailed
 from flexbot.store import Store, StoreError
 
-DEFAULT_CONFIG = Path("config/flexbot.yaml")
 log = logs.get_logger("flexbot.daemon")
-
-
-def _add_config(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=Path(os.environ.get("FLEXBOT_CONFIG", DEFAULT_CONFIG)),
-        help=f"the config file (env FLEXBOT_CONFIG, default {DEFAULT_CONFIG})",
-    )
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run_parser = sub.add_parser("run", help="run the trading daemon")
-    _add_config(run_parser)
+    add_config_option(run_parser)
     add_log_format(run_parser)
     run_parser.set_defaults(run=run)
 
     kill = sub.add_parser("kill-switch", help="engage, release or show the kill switch latch")
     kill.add_argument("action", choices=["engage", "release", "status"])
-    _add_config(kill)
+    add_config_option(kill)
     add_log_format(kill)
     kill.set_defaults(run=run_kill_switch)
 
 
-def _load(path: Path) -> config.LoadedConfig | None:
-    try:
-        return config.load(path)
-    except config.ConfigError as exc:
-        for line in exc.lines:
-            print(line, file=sys.stderr)
-        print(
-            f"{len(exc.problems)} problem(s): fix them, `flexbot check-config` to re-check",
-            file=sys.stderr,
-        )
-        return None
-
-
 def run(args: argparse.Namespace) -> int:
-    loaded = _load(args.config)
+    loaded = load_config(args.config)
     if loaded is None:
         return 2
     # The config's logging applies now (a --log-format on the command line wins).
@@ -86,7 +61,7 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 def run_kill_switch(args: argparse.Namespace) -> int:
-    loaded = _load(args.config)
+    loaded = load_config(args.config)
     if loaded is None:
         return 2
     try:

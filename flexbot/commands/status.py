@@ -9,16 +9,13 @@ reading.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections import Counter
 from datetime import UTC, datetime
-from pathlib import Path
 
 from flexbot import config, model, wire
-from flexbot.commands import add_log_format
-from flexbot.commands.run import DEFAULT_CONFIG
+from flexbot.commands import add_config_option, add_log_format, load_config
 from flexbot.engine import killswitch
 from flexbot.problems import Invalid
 from flexbot.store import JournalRow, Store, StoreError
@@ -28,22 +25,14 @@ RECENT_FILLS = 10
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("status", help="what the daemon is doing, from its store")
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=Path(os.environ.get("FLEXBOT_CONFIG", DEFAULT_CONFIG)),
-        help=f"the config file (env FLEXBOT_CONFIG, default {DEFAULT_CONFIG})",
-    )
+    add_config_option(parser)
     add_log_format(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        loaded = config.load(args.config)
-    except config.ConfigError as exc:
-        for line in exc.lines:
-            print(line, file=sys.stderr)
+    loaded = load_config(args.config)
+    if loaded is None:
         return 2
     if not loaded.store_path.exists():
         print(f"no store at {loaded.store_path}: the daemon has not run with this config yet")
