@@ -283,9 +283,14 @@ class Verifier:
             store.sync.settle, row.order_id, row.measurement_type, state, self._wall(), error
         )
         fields = {"order_id": row.order_id, "measurement_type": row.measurement_type}
-        if state == "acked":
+        if state == "acked" and error is not None:
+            # The market holds a submission for this key that is not ours (sent by hand, or by
+            # another installation): done, but worth a look.
             self.sent += 1
-            log.info("verification.submitted", **fields, attempts=row.attempts + 1, note=error)
+            log.warning("verification.already_received", **fields, reason=error)
+        elif state == "acked":
+            self.sent += 1
+            log.info("verification.submitted", **fields, attempts=row.attempts + 1)
         elif state == "obsolete":
             log.info("verification.obsolete", **fields, reason=error)
         else:
