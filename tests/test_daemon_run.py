@@ -184,7 +184,10 @@ def test_the_daemon_trades_reloads_on_sighup_and_stops_on_sigterm(
     assert names[-1] == "daemon.stopped"
     failed = next(e for e in events if e["event"] == "config.reload_failed")
     assert any("$.params.limit_price" in line for line in failed["problems"])
-    assert "alice-pw" not in daemon.out.read_text()
+    text = daemon.out.read_text()
+    assert "alice-pw" not in text
+    assert "Bearer " not in text  # no Authorization header, no token, ever
+    assert not any("token" in key for e in events for key in e if key != "event")
     # `flexbot status` reads what happened from the store (the buyer's valid config back first).
     write_buyer(tmp_path, {"limit_price": 0.20, "power_w": 10000, "lead_s": 0})
     shown = subprocess.run(
