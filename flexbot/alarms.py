@@ -47,9 +47,10 @@ async def watch_for_silence(
     on_alarms: Callable[[set[str]], None] | None = None,
 ) -> None:
     active: dict[str, dict[str, object]] = {}
+    last_data: dict[Endpoint, tuple[int, float]] = {}
     while True:
         await trio.sleep(bounds.check_s)
-        found = await current_alarms(parts, bounds)
+        found = await current_alarms(parts, bounds, last_data)
         for key, fields in found.items():
             if key not in active:
                 log.warning("alarm.raised", **fields)
@@ -67,14 +68,23 @@ async def watch_for_silence(
             notify.status(summary_line(parts) + suffix)
 
 
-async def current_alarms(parts: Parts, bounds: AlarmBounds) -> dict[str, dict[str, object]]:
+async def current_alarms(
+    parts: Parts, bounds: AlarmBounds, last_data: dict[Endpoint, tuple[int, float]]
+) -> dict[str, dict[str, object]]:
+    """The alarms raised now; `last_data` (endpoint → frame count, when it last changed) is the
+    caller's memory between checks."""
     now = trio.current_time()
     found: dict[str, dict[str, object]] = {}
     for endpoint in (Endpoint.ORDERBOOK, Endpoint.TICKER):
         consumer = parts.feed.consumers.get(endpoint)
         if consumer is None:
             continue
-        silent_for = now - consumer.last_frame_at
+        # Data frames, not pongs: a link that answers pings but delivers nothing is silent.
+        frames, since = last_data.get(endpoint, (-1, now))
+        if consumer.stats.frames != frames:
+            last_data[endpoint] = (consumer.stats.frames, now)
+            since = now
+        silent_for = now - since
         if silent_for > bounds.stream_silence_s:
             found[f"stream:{endpoint}"] = {
                 "alarm": "stream_silent",
@@ -88,11 +98,7 @@ async def current_alarms(parts: Parts, bounds: AlarmBounds) -> dict[str, dict[st
     market_now = parts.clock.now()
     grace = timedelta(seconds=parts.verifier.settings.max_wait_s + bounds.metering_grace_s)
     store = parts.store
-    acked = {
-        row.order_id
-        for row in await store.run(store.sync.outbox)
-        if row.measurement_type == "metering" and row.state == "acked"
-    }
+    acked = await store.run(store.sync.acked, "metering")
     for intent in parts.tracker:
         order = intent.order
         if intent.dry_run or order is None or intent.request.side is not model.Side.SELL:

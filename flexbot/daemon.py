@@ -113,6 +113,7 @@ async def run(
                 await nursery.start(market.tokens.run)
                 await nursery.start(parts.hub.run)
                 await nursery.start(parts.feed.run)
+                await parts.feed.reconciled.wait()  # /trade up, open orders reconciled
                 await nursery.start(parts.engine.run, parts.feed)
                 await nursery.start(parts.verifier.run)
                 metrics = Metrics() if cfg.metrics.listen else None
@@ -131,13 +132,12 @@ async def run(
                 )
                 notify.notify("READY=1", f"STATUS={summary_line(parts)}")
                 nursery.start_soon(notify.keep_watchdog)  # from here on, a stuck loop is fatal
-                async with trio.open_nursery() as waiting:
-                    if signals:
-                        waiting.start_soon(_handle_signals, loaded, parts.engine, stop)
-                    await stop.wait()
-                    waiting.cancel_scope.cancel()
+                stop_now = trio.Event()
+                if signals:
+                    nursery.start_soon(_handle_signals, loaded, parts.engine, stop, stop_now)
+                await stop.wait()
                 notify.notify("STOPPING=1")
-                await _graceful_stop(parts, stop_now=_second_signal if signals else None)
+                await _graceful_stop(parts, stop_now)
                 if finished is not None:
                     await finished(parts)
                 nursery.cancel_scope.cancel()
@@ -190,40 +190,39 @@ async def _assemble(
     return Parts(engine, verifier, hub, feed, tracker, store, market, clock)
 
 
-async def _handle_signals(loaded: config.LoadedConfig, engine: Engine, stop: trio.Event) -> None:
+async def _handle_signals(
+    loaded: config.LoadedConfig, engine: Engine, stop: trio.Event, stop_now: trio.Event
+) -> None:
+    """One receiver for the whole run (a signal during the graceful stop must not meet the
+    default action): SIGHUP reloads, SIGUSR1 engages the kill switch, the first SIGTERM/SIGINT
+    stops gracefully and the second at once."""
     wanted = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
     with trio.open_signal_receiver(*wanted) as signals:
-        async for signum in signals:
-            if signum == signal.SIGHUP:
-                _reload(loaded, engine)
-            elif signum == signal.SIGUSR1:
-                await engine.engage_kill_switch("SIGUSR1")
-            else:
-                log.info("daemon.stopping", signal=signal.Signals(signum).name)
-                stop.set()
-                return
+        async with trio.open_nursery() as nursery:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    if not stop.is_set():
+                        _reload(loaded, engine)
+                elif signum == signal.SIGUSR1:
+                    nursery.start_soon(engine.engage_kill_switch, "SIGUSR1")
+                elif not stop.is_set():
+                    log.info("daemon.stopping", signal=signal.Signals(signum).name)
+                    stop.set()
+                else:
+                    log.warning("daemon.stop_now")
+                    stop_now.set()
 
 
-async def _second_signal() -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for _ in signals:
-            log.warning("daemon.stop_now")
-            return
-
-
-async def _graceful_stop(
-    parts: Parts, *, stop_now: Callable[[], Awaitable[None]] | None = None
-) -> None:
+async def _graceful_stop(parts: Parts, stop_now: trio.Event) -> None:
     """Strategies stopped, orders cancelled (if configured), the outbox drained: bounded in time,
     and cut short by a second signal."""
     async with trio.open_nursery() as stopper:
-        if stop_now is not None:
 
-            async def cut_short() -> None:
-                await stop_now()
-                stopper.cancel_scope.cancel()
+        async def cut_short() -> None:
+            await stop_now.wait()
+            stopper.cancel_scope.cancel()
 
-            stopper.start_soon(cut_short)
+        stopper.start_soon(cut_short)
         with trio.move_on_after(SHUTDOWN_TIMEOUT_S) as bounded:
             await parts.engine.shutdown()
             pending = await parts.verifier.drain()  # what is due goes out now; the rest waits

@@ -5,8 +5,9 @@ apscheduler 3 has no trio scheduler and apscheduler 4 is an alpha, so only its t
 slept on the wall clock through `MarketClock`, so an accelerated demo runs its timers faster too.
 
 Schedules are in UTC unless a zone is named. On a daylight-saving fall-back day a local cron such as
-`30 1 * * *` matches twice; a fire at the same local wall time as the fire just before it is
-skipped (a sub-hourly cron such as `*/30` still fires in both repeated hours: its fires differ).
+`30 1 * * *` matches twice; for a cron at fixed hours, a fire at the same local wall time as the
+fire just before it is skipped. An hourly or sub-hourly cron fires in both repeated hours (they are
+different moments).
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ class Schedule:
         self._trigger = trigger_for(timer, start)
         self._zone = ZoneInfo(timer.timezone)
         self._previous: datetime | None = None
+        # Only a cron at fixed hours (daily and the like) can meet the same local time twice in a
+        # fall-back night and must not run twice; an hourly one runs in both repeated hours.
+        hour = timer.cron.split()[1] if timer.cron and len(timer.cron.split()) > 1 else ""
+        self._fixed_hour = hour.replace(",", "").isdigit()
 
     def next_after(self, now: datetime) -> datetime | None:
         """The first fire time after the previous one and not before `now` (None: never again).
@@ -56,7 +61,7 @@ class Schedule:
                 return None
             repeated = (
                 self._previous is not None
-                and self.timer.cron is not None
+                and self._fixed_hour
                 and _local_wall(fire, self._zone) == _local_wall(self._previous, self._zone)
             )
             self._previous = fire

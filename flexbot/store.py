@@ -286,6 +286,13 @@ class Store:
                 (next_at, error, order_id, kind),
             )
 
+    def acked(self, kind: str) -> set[str]:
+        """The order ids whose submission of `kind` the market acknowledged (no bodies read)."""
+        rows = self._db.execute(
+            "SELECT order_id FROM outbox WHERE measurement_type = ? AND state = 'acked'", (kind,)
+        )
+        return {str(order_id) for (order_id,) in rows}
+
     def outbox_backlog(self) -> tuple[int, float | None]:
         """Pending submissions, and when the oldest was enqueued (wall seconds)."""
         count, oldest = self._db.execute(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections import deque
 from collections.abc import Mapping
 
 import trio
@@ -30,7 +31,7 @@ class Notifier:
         self.address = "\0" + address[1:] if address.startswith("@") else address
         usec = env.get("WATCHDOG_USEC", "")
         self.watchdog_s = int(usec) / 1e6 if usec.isdigit() and int(usec) > 0 else None
-        self.sent: list[str] = []
+        self.sent: deque[str] = deque(maxlen=100)  # the latest, for tests and debugging
 
     @property
     def enabled(self) -> bool:

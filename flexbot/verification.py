@@ -43,6 +43,7 @@ from flexbot.store import AsyncStore, OutboxRow
 
 log = logs.get_logger("flexbot.verification")
 
+MEMORY_CAP = 100_000  # "logged once" memories are cleared beyond this
 BASELINE = str(model.MeasurementType.BASELINE)
 METERING = str(model.MeasurementType.METERING)
 
@@ -83,6 +84,7 @@ class Verifier:
         self._warned: set[tuple[str, str]] = set()  # (order, problem) logged once
         self._outcomes: set[tuple[str, str]] = set()  # (contract, status) logged once
         self._wake = trio.Event()
+        self._in_flight: set[tuple[str, str]] = set()  # a key is sent by one task at a time
         self.sent = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -217,6 +219,8 @@ class Verifier:
         return int(new)
 
     def _warn_once(self, order_id: str, event: str, **fields: object) -> None:
+        if len(self._warned) > MEMORY_CAP:
+            self._warned.clear()
         if (order_id, event) not in self._warned:
             self._warned.add((order_id, event))
             log.warning(event, order_id=order_id, **fields)
@@ -248,6 +252,16 @@ class Verifier:
             self._wake = trio.Event()
 
     async def _send_one(self, row: OutboxRow, limiter: trio.CapacityLimiter) -> None:
+        key = (row.order_id, row.measurement_type)
+        if key in self._in_flight:
+            return  # the send loop and a drain may both pick it up: one sends it
+        self._in_flight.add(key)
+        try:
+            await self._send_row(row, limiter)
+        finally:
+            self._in_flight.discard(key)
+
+    async def _send_row(self, row: OutboxRow, limiter: trio.CapacityLimiter) -> None:
         async with limiter:
             reading = wire.decode(row.body, model.MeterReading)
             kind, order_id = row.measurement_type, row.order_id
@@ -323,6 +337,8 @@ class Verifier:
 
     def observe(self, change: Change) -> None:
         """An engine observer: log each verification and settlement outcome once."""
+        if len(self._outcomes) > MEMORY_CAP:  # bounded over months; at worst a line again
+            self._outcomes.clear()
         contract = change.contract
         if contract is None or (contract.contract_id, str(contract.status)) in self._outcomes:
             return

@@ -678,7 +678,9 @@ async def journal_scenario(tracker: OrderTracker) -> dict[str, Intent]:
     return made
 
 
-FOLLOWED = {"pending", "unknown", "open", "partial", "unsettled", "paper"}
+# A paper order is journalled as followed, but its paper broker died with its run: it lapses on
+# restore and is not brought back.
+FOLLOWED = {"pending", "unknown", "open", "partial", "unsettled"}
 
 
 async def test_restore_from_a_real_journal(tmp_path: Path) -> None:
@@ -774,9 +776,13 @@ def test_restore_round_trips_any_request_and_report(
         store.sync.close()
         reopened = AsyncStore(Store.open(path))
         try:
-            [back] = list(await OrderTracker.restore(reopened))
+            restored = list(await OrderTracker.restore(reopened))
         finally:
             reopened.sync.close()
+        if dry_run:  # a paper order of an earlier run lapses and is not brought back
+            assert restored == []
+            return
+        [back] = restored
         assert back.client_id == intent.client_id
         assert back.request == request
         assert back.order_id == intent.order_id

@@ -273,3 +273,18 @@ async def test_the_kill_switch_file_cancels_everything_and_blocks_new_orders(
 
 def test_engine_settings_are_fast_enough_for_tests() -> None:
     assert EngineSettings().resolve_interval_s > FAST.resolve_interval_s
+
+
+async def test_a_submission_cut_off_by_the_callback_timeout_is_resolved_not_stuck(
+    sandbox: Sandbox,
+) -> None:
+    """The strategy's callback times out while its order is being sent: the order may exist, so
+    it becomes unknown (not stuck pending) and is then found on the market."""
+    sandbox.market.faults.update({"rest_latency_ms": 1500})
+    supervision = attrs.evolve(FAST.supervision, callback_timeout_s=0.5, max_failures=100)
+    settings = attrs.evolve(FAST, supervision=supervision)
+    async with running_engine(sandbox, [spec(PlaceOnce)], settings=settings) as h:
+        await until(lambda: any(i.reason and "cancelled" in i.reason for i in h.tracker))
+        sandbox.market.faults.update({"rest_latency_ms": 0})
+        await until(lambda: [i.state for i in h.tracker][:1] == [IntentState.OPEN])
+    assert len(all_on_market(sandbox)) == 1

@@ -54,6 +54,7 @@ from flexbot.strategy import IntentState, OwnOrder, Window
 log = logs.get_logger("flexbot.engine")
 
 FORGET_AFTER = timedelta(days=1)
+STOP_CALLBACK_S = 5.0  # at shutdown: on_stop, and orders still being sent, get this long
 
 
 class Broker(Protocol):
@@ -187,29 +188,46 @@ class Engine:
         """Refuse new orders, let each strategy stop (`on_stop`), and, if configured, cancel every
         live order. The caller bounds how long this may take."""
         self.stopping = True
-        for runner in self.runners.values():
-            await runner.stop()
+        timeout = min(self.settings.supervision.callback_timeout_s, STOP_CALLBACK_S)
+        async with trio.open_nursery() as nursery:
+            for runner in self.runners.values():
+                nursery.start_soon(runner.stop, timeout)
         if self.settings.cancel_on_shutdown:
+            # An order still being sent is waited for (briefly), so it can be cancelled too.
+            with trio.move_on_after(STOP_CALLBACK_S):
+                while any(i.state is IntentState.PENDING for i in self.tracker.live()):  # noqa: ASYNC110 - tracker state has no event
+                    await trio.sleep(0.05)
             cancelled = await self.cancel_all()
             log.info("engine.cancelled_on_shutdown", orders=cancelled)
 
     def reload(self, specs: Sequence[StrategySpec], limits: RiskLimits) -> None:
-        """Apply new params and limits; strategies added or removed need a restart."""
+        """Apply new params and risk limits. The reload re-imports each strategy's module, so
+        params are compared by value and re-made with the running class: the code in use does
+        not change on a reload. Anything else (a class, the timer, the location, dry_run, a
+        strategy added or removed) needs a restart, and says so."""
         self.limits = limits
         new = {s.name: s for s in specs if s.enabled}
         for name, spec in new.items():
             runner = self.runners.get(name)
             if runner is None:
                 continue
-            if (
-                spec.cls is not runner.spec.cls
-                and spec.cls.__qualname__ != runner.spec.cls.__qualname__
-            ):
+            old = runner.spec
+            if spec.cls.__qualname__ != old.cls.__qualname__:
                 log.warning("config.reload_needs_restart", strategy=name, why="class changed")
                 continue
-            if spec.params != runner.spec.params or spec.risk != runner.spec.risk:
-                runner.reload(spec)
-                log.info("config.reloaded", strategy=name)
+            others = [
+                field
+                for field in ("timer", "location", "dry_run")
+                if getattr(spec, field) != getattr(old, field)
+            ]
+            if others:
+                log.warning("config.reload_needs_restart", strategy=name, why=others)
+            raw = wire.CONVERTER.unstructure(spec.params)
+            if raw == wire.CONVERTER.unstructure(old.params) and spec.risk == old.risk:
+                continue
+            params = wire.structure(raw, old.cls.Params, converter=wire.STRICT_CONVERTER)
+            runner.reload(attrs.evolve(old, params=params, risk=spec.risk))
+            log.info("config.reloaded", strategy=name)
         changed = set(new) ^ set(self.runners)
         if changed:
             log.warning("config.reload_needs_restart", strategies=sorted(changed))
@@ -262,7 +280,7 @@ class Engine:
         log.info("order.intent", **_describe(intent), version=intent.version, dry_run=dry_run)
         broker = self._broker_for(intent)
         try:
-            order = await broker.submit_order(request)
+            order = await self._submit(broker, intent)
             if intent.dry_run:  # a paper order may trade at once with the book it was placed into
                 order = self.paper.fill_at_once(order.order_id) or order
         except OutcomeUnknown as exc:
@@ -283,6 +301,16 @@ class Engine:
             for contract in order.contracts:  # immediate paper fills
                 self._deliver([Change(intent.snapshot(), contract)])
         return intent.snapshot()
+
+    async def _submit(self, broker: Broker, intent: Intent) -> model.Order:
+        """Send; if cancelled meanwhile (a timeout, shutdown), the order may exist: it becomes
+        UNKNOWN (resolved later, never resent) before the cancellation goes on."""
+        try:
+            return await broker.submit_order(intent.request)
+        except trio.Cancelled:
+            with trio.CancelScope(shield=True):
+                await self._unknown(intent, "the submission was cancelled before its answer")
+            raise
 
     def _check_risk(
         self, runner: StrategyRunner, request: model.OrderRequest, dry_run: bool
@@ -498,8 +526,11 @@ class Engine:
             if self.tracker.unresolved():
                 await self.resolve()
             # Memory stays bounded over months: what is settled and long past is let go (the
-            # journal keeps it).
+            # journal keeps it), and so are the notes kept about orders no longer live.
             self.tracker.forget_finished(self.clock.now() - FORGET_AFTER)
+            live = {i.client_id for i in self.tracker.live()}
+            self._cancel_on_sight &= live
+            self._unknown_since = {k: v for k, v in self._unknown_since.items() if k in live}
 
     async def resolve(self) -> None:
         """Find the orders of unknown submissions; lapse those past their expiry."""

@@ -166,6 +166,12 @@ class OrderTracker:
         tracker = cls(store)
         for row in await store.run(store.sync.followed):
             intent = Intent.from_row(row)
+            if intent.dry_run:
+                # Paper orders lived in the paper broker of the run that made them: gone now.
+                intent.state = IntentState.LAPSED
+                intent.reason = "a paper order of an earlier run"
+                await tracker._save(intent, intent.created_at)
+                continue
             tracker._add(intent)
         return tracker
 

@@ -19,6 +19,7 @@ The fill model, close to the sandbox's matching rules:
 from __future__ import annotations
 
 import itertools
+import uuid
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
@@ -52,9 +53,10 @@ class _Paper:
 
 
 class PaperBroker:
-    def __init__(self, now: Callable[[], datetime], *, prefix: str = "paper") -> None:
+    def __init__(self, now: Callable[[], datetime], *, prefix: str | None = None) -> None:
         self._now = now
-        self._prefix = prefix
+        # A prefix of its own each run: ids never collide with an earlier run's in the journal.
+        self._prefix = prefix or f"paper-{uuid.uuid4().hex[:8]}"
         self._ids = itertools.count(1)
         self._orders: dict[str, _Paper] = {}
         self._taken: dict[EntryKey, Decimal] = {}  # power taken from entries still in the book
@@ -138,6 +140,12 @@ class PaperBroker:
 
     def expire(self) -> list[model.Message]:
         now = self._now()
+        # Orders whose window has passed and that ended are let go (memory stays bounded).
+        self._orders = {
+            k: p
+            for k, p in self._orders.items()
+            if not (p.order.is_final and p.request.delivery_end < now)
+        }
         messages: list[model.Message] = []
         for paper in self._orders.values():
             if not paper.order.is_final and paper.request.expiry_time <= now:

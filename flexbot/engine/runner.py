@@ -68,14 +68,18 @@ class StrategyRunner:
         self.failures: list[float] = []  # trio times of recent failures
         self.callbacks = 0
         self._old_params: Any = None
-        self._stopped = trio.Event()
+        self._scope = trio.CancelScope()
 
     @property
     def active(self) -> bool:
         return self.state in (RunnerState.STARTING, RunnerState.RUNNING, RunnerState.RESTARTING)
 
     async def run(self) -> None:
-        """Run until cancelled or disabled."""
+        """Run until cancelled, disabled or stopped (`stop`)."""
+        with self._scope:
+            await self._run()
+
+    async def _run(self) -> None:
         while True:
             try:
                 await self._call("on_start", self.strategy.on_start, self.context)
@@ -94,13 +98,16 @@ class StrategyRunner:
             await trio.sleep(delay)
             self.strategy = self.spec.cls(self.spec.params)
 
-    async def stop(self) -> None:
-        """Let the strategy say goodbye (`on_stop`), bounded by the callback timeout."""
-        if self.state is RunnerState.RUNNING:
-            with contextlib.suppress(StrategyFailed):  # logged where it failed
-                await self._call("on_stop", self.strategy.on_stop, self.context)
+    async def stop(self, timeout_s: float) -> None:
+        """End the strategy's task (no callback runs after this), then let it say goodbye
+        (`on_stop`), within `timeout_s`."""
+        self._scope.cancel()
+        running = self.state is RunnerState.RUNNING
         if self.state is not RunnerState.DISABLED:
             self.state = RunnerState.STOPPED
+        if running:
+            with trio.move_on_after(timeout_s), contextlib.suppress(StrategyFailed):
+                await self._call("on_stop", self.strategy.on_stop, self.context)
 
     def reload(self, spec: StrategySpec) -> None:
         """New params (and limits) from a config reload; `on_reload` runs in the strategy's task."""

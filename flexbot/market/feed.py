@@ -119,6 +119,10 @@ class MarketFeed:
         self._unconfirmed: set[str] = set()  # order ids whose latest state we failed to learn
         self._crossed: set[CrossKey] = set()
         self.reconciled_events = 0
+        # Set once /trade has connected and the tracked orders were reconciled (READY waits).
+        self.reconciled = trio.Event()
+        if Endpoint.TRADE not in endpoints:
+            self.reconciled.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -213,6 +217,7 @@ class MarketFeed:
 
     async def _reconcile_on_connect(self) -> None:
         await self.reconcile()
+        self.reconciled.set()  # the first time: the order truth is known
 
     async def reconcile(self) -> int:
         """Fetch every open order the caller tracks; emit what differs. Returns events emitted."""

@@ -64,7 +64,7 @@ class HttpMeter:
                     log.warning(
                         "meter.poll_failed",
                         meter=self.meter_id,
-                        reason=str(exc)[:200],
+                        reason=_reason(exc),
                         retry_in_s=round(delay, 2),
                     )
                     await trio.sleep(delay)
@@ -73,3 +73,12 @@ class HttpMeter:
                 if readings:
                     await emit(readings)
                 await trio.sleep(self.settings.interval_s)
+
+
+def _reason(exc: Exception) -> str:
+    """What went wrong, without the URL: it may carry credentials (user:password@, ?api_key=)."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        return f"HTTP {exc.response.status_code}"
+    if isinstance(exc, httpx.HTTPError):
+        return type(exc).__name__
+    return str(exc)[:200]
