@@ -19,9 +19,10 @@ problems are reported under its own file name, e.g.
 
 from __future__ import annotations
 
+import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -187,8 +188,12 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> LoadedConfig:
         password = resolve_secret(config.market.password, path.parent, env)
     except Invalid as exc:
         problems += [p.under(("market", "password")) for p in exc.problems]
-    ca_bundle = _relative(config.market.ca_bundle, path.parent)
-    if ca_bundle is not None and not ca_bundle.is_file():
+    ca_bundle: Path | None = None
+    try:
+        ca_bundle = _relative(config.market.ca_bundle, path.parent)
+    except Invalid as exc:
+        problems += [p.under(("market", "ca_bundle")) for p in exc.problems]
+    if ca_bundle is not None and not _is(ca_bundle.is_file):
         problems.append(Problem(("market", "ca_bundle"), f"no such file: {ca_bundle}"))
     paths: dict[str, Path | None] = {}
     for name, loc, value in (
@@ -207,7 +212,7 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> LoadedConfig:
     strategies: list[StrategySpec] = []
     config_dir, code_dir = paths.get("config_dir"), paths.get("code_dir")
     if config_dir is not None and code_dir is not None:
-        if config_dir.is_dir():
+        if _is(config_dir.is_dir):
             found, strategy_problems = load_strategies(config_dir, code_dir)
             strategies, located = found, located + strategy_problems
         elif config.strategies.config_dir != StrategiesConfig().config_dir:
@@ -336,6 +341,8 @@ def resolve_secret(reference: str, base: Path, environ: Mapping[str, str]) -> Se
             raise Invalid.single((), f"{file} is not UTF-8 text") from None
         except OSError as exc:
             raise Invalid.single((), f"cannot read {file}: {exc.strerror}") from None
+        except ValueError as exc:  # e.g. a NUL byte in the path
+            raise Invalid.single((), f"not a usable file name: {exc}") from None
     raise Invalid.single(
         (), "write secrets by reference, ${ENV_VAR} or file:PATH, never inline in the config"
     )
@@ -346,6 +353,9 @@ def _read_yaml(path: Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(path, [Problem((), f"cannot read the file: {exc.strerror}")]) from None
+    except UnicodeDecodeError as exc:
+        where = f"byte {exc.start}"
+        raise ConfigError(path, [Problem((), f"not UTF-8 text ({where})")]) from None
     try:
         return yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
@@ -354,6 +364,10 @@ def _read_yaml(path: Path) -> Any:
         raise ConfigError(path, [Problem((), f"{where}not valid YAML: {exc.problem}")]) from None
     except yaml.YAMLError as exc:
         raise ConfigError(path, [Problem((), f"not valid YAML: {exc}")]) from None
+    except RecursionError:
+        raise ConfigError(path, [Problem((), "nested too deeply to read")]) from None
+    except ValueError as exc:  # e.g. an integer of thousands of digits
+        raise ConfigError(path, [Problem((), f"cannot be read: {str(exc)[:200]}")]) from None
 
 
 def _check(config: FlexbotConfig) -> list[Problem]:
@@ -367,8 +381,8 @@ def _check(config: FlexbotConfig) -> list[Problem]:
         bad(("market", "url"), f"expected https://host[:port], got {market.url!r}")
     if not market.username:
         bad(("market", "username"), "must not be empty")
-    if not market.timeout_s > 0:
-        bad(("market", "timeout_s"), "must be greater than 0")
+    if not (market.timeout_s > 0 and math.isfinite(market.timeout_s)):
+        bad(("market", "timeout_s"), "must be a finite number of seconds greater than 0")
     if market.clock not in CLOCKS:
         bad(("market", "clock"), f"must be one of {', '.join(CLOCKS)}")
     engine = config.engine
@@ -394,7 +408,21 @@ def _check(config: FlexbotConfig) -> list[Problem]:
 
 
 def _relative(path: str | None, base: Path) -> Path | None:
+    """`path` relative to the config's folder (`~` expanded); `Invalid` if it cannot be."""
     if path is None:
         return None
-    candidate = Path(path).expanduser()
+    if "\0" in path:
+        raise Invalid.single((), "a file name cannot hold a NUL byte")
+    try:
+        candidate = Path(path).expanduser()
+    except RuntimeError as exc:  # ~user of no such user
+        raise Invalid.single((), f"cannot expand {path!r}: {exc}") from None
     return candidate if candidate.is_absolute() else base / candidate
+
+
+def _is(check: Callable[[], bool]) -> bool:
+    """A filesystem test that says False for a name the system cannot even look up."""
+    try:
+        return check()
+    except (OSError, ValueError):
+        return False

@@ -88,6 +88,9 @@ def load_spec(path: Path, document: Any, code_dir: Path) -> StrategySpec:
     if not isinstance(raw_params, dict):
         raw_params = None  # the schema reported it
     module_name, class_name = document.get("module"), document.get("class")
+    for key, value in (("module", module_name), ("class", class_name)):
+        if value == "":
+            problems.append(Problem((key,), "must not be empty"))
     cls: type[Strategy[Any]] | None = None
     if isinstance(module_name, str) and module_name:
         try:
@@ -108,10 +111,8 @@ def load_spec(path: Path, document: Any, code_dir: Path) -> StrategySpec:
             )
         except Invalid as exc:
             problems += exc.problems
-    if problems:
-        raise Invalid(problems)
-    assert cls is not None
-    assert spec_file is not None
+    if problems or cls is None or spec_file is None:
+        raise Invalid(problems or [Problem((), "not a usable strategy file")])
     return StrategySpec(
         name=path.stem,
         path=path,

@@ -185,10 +185,17 @@ class MarketClient:
             started = trio.current_time()
             try:
                 response = await self._http.request(method, path, json=json, headers=headers)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            except (
+                httpx.ConnectError,
+                httpx.ConnectTimeout,
+                httpx.PoolTimeout,
+                httpx.ProxyError,
+                httpx.UnsupportedProtocol,
+            ) as exc:
                 # The request never left: safe to retry whatever the method.
                 error: MarketError = ServerError(f"cannot connect: {type(exc).__name__}")
-            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            except (httpx.TransportError, httpx.DecodingError) as exc:
+                # It may have been processed (a timeout, a reset, an answer we cannot read).
                 if not idempotent:
                     raise OutcomeUnknown(
                         f"{method} {path}: {type(exc).__name__} after sending; the outcome is "
@@ -264,7 +271,9 @@ def _problems(detail: list[Any]) -> list[Problem]:
         if not isinstance(item, Mapping):
             continue
         raw_loc = item.get("loc") or []
-        loc = tuple(p for p in raw_loc if isinstance(p, str | int))
+        if not isinstance(raw_loc, list | tuple):
+            raw_loc = [raw_loc]  # a server may send one name instead of a path
+        loc = tuple(p for p in raw_loc if isinstance(p, str | int) and not isinstance(p, bool))
         if loc[:1] == ("body",):
             loc = loc[1:]
         problems.append(
