@@ -11,6 +11,7 @@ from flexbot.commands import (
     UsageError,
     check_config,
     demo,
+    first_leaf,
     orders,
     replay,
     run,
@@ -42,13 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _first_leaf(exc: BaseException) -> BaseException:
-    """The first real exception inside (possibly nested) exception groups."""
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # The sandbox is a service: its log is its output. The other commands print results on
@@ -65,10 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status = args.run(args)
     except* UsageError as group:
-        print(f"flexbot {args.command}: {_first_leaf(group)}", file=sys.stderr)
+        print(f"flexbot {args.command}: {first_leaf(group)}", file=sys.stderr)
         status = 2
     except* OSError as group:  # e.g. the port is taken: say so, without a traceback
-        print(f"flexbot {args.command}: {_first_leaf(group)}", file=sys.stderr)
+        print(f"flexbot {args.command}: {first_leaf(group)}", file=sys.stderr)
         status = 1
     except* KeyboardInterrupt:
         status = 130

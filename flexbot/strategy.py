@@ -90,6 +90,11 @@ class IntentState(enum.StrEnum):
         """May still be, or become, an order on the market."""
         return self in (IntentState.PENDING, IntentState.OPEN, IntentState.UNKNOWN)
 
+    @property
+    def is_unresolved(self) -> bool:
+        """Sent (or being sent) with no market id known yet."""
+        return self in (IntentState.PENDING, IntentState.UNKNOWN)
+
 
 @frozen
 class OwnOrder:

@@ -186,7 +186,6 @@ async def gather(parts: daemon.Parts) -> dict[str, Any]:
     outbox = await store.run(store.sync.outbox)
     acked = Counter(row.measurement_type for row in outbox if row.state == "acked")
     contracts: dict[str, model.Contract] = {}
-    traded = Decimal(0)
     cancelled = 0
     for intent in parts.tracker:
         order = intent.order

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import trio
 
 from flexbot import daemon, logs, wire
-from flexbot.commands import add_config_option, add_log_format, load_config
+from flexbot.commands import add_config_option, add_log_format, first_leaf, load_config
 from flexbot.engine import killswitch
 from flexbot.market.auth import AuthFailed
 from flexbot.store import Store, StoreError
@@ -45,19 +45,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         status = trio.run(daemon.run, loaded)
     except* AuthFailed as group:
-        log.error("daemon.auth_failed", reason=str(_first(group)))
-        print(f"flexbot run: the market refused the login: {_first(group)}", file=sys.stderr)
+        log.error("daemon.auth_failed", reason=str(first_leaf(group)))
+        print(f"flexbot run: the market refused the login: {first_leaf(group)}", file=sys.stderr)
     except* StoreError as group:
-        log.error("daemon.store_unusable", reason=str(_first(group)))
-        print(f"flexbot run: {_first(group)}", file=sys.stderr)
+        log.error("daemon.store_unusable", reason=str(first_leaf(group)))
+        print(f"flexbot run: {first_leaf(group)}", file=sys.stderr)
     return status
-
-
-def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    exc: BaseException = group
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
 
 
 def run_kill_switch(args: argparse.Namespace) -> int:

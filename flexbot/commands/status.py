@@ -132,7 +132,7 @@ def _order(row: JournalRow) -> model.Order | None:
 
 
 def _is_sell(row: JournalRow) -> bool:
-    return '"side":"sell"' in row.request
+    return wire.decode(row.request, model.OrderRequest).side is model.Side.SELL
 
 
 def _counts(counter: Counter[str]) -> str:

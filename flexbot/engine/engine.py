@@ -379,7 +379,7 @@ class Engine:
         intent = self.tracker.get(client_id)
         if intent is None or (strategy is not None and intent.strategy != strategy):
             raise KeyError(f"no order {client_id!r} of strategy {strategy!r}")
-        if intent.state in (IntentState.PENDING, IntentState.UNKNOWN):
+        if intent.state.is_unresolved:
             # Cannot cancel what has no id yet: cancel it the moment it shows up.
             self._cancel_on_sight.add(client_id)
             log.info("order.cancel_deferred", **_describe(intent))

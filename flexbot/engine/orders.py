@@ -249,9 +249,7 @@ class OrderTracker:
     ) -> Intent:
         """Journal a new intent (PENDING); refuse one that an unresolved intent could be."""
         for other in self._intents.values():
-            if other.state in (IntentState.PENDING, IntentState.UNKNOWN) and fingerprint(
-                other.request
-            ) == fingerprint(request):
+            if other.state.is_unresolved and fingerprint(other.request) == fingerprint(request):
                 raise DuplicateIntent(other.client_id)
         intent = Intent(
             client_id=str(uuid.uuid4()),
@@ -311,16 +309,12 @@ class OrderTracker:
     # --- market reports -------------------------------------------------------------------------
 
     def _has_unresolved(self) -> bool:
-        return any(
-            i.state in (IntentState.PENDING, IntentState.UNKNOWN) for i in self._intents.values()
-        )
+        return any(i.state.is_unresolved for i in self._intents.values())
 
     def claim(self, order: model.Order) -> Intent | None:
         """The unresolved intent this market order is, by fingerprint (oldest first)."""
         for intent in self._intents.values():
-            if intent.state in (IntentState.PENDING, IntentState.UNKNOWN) and matches(
-                intent.request, order
-            ):
+            if intent.state.is_unresolved and matches(intent.request, order):
                 return intent
         return None
 
