@@ -14,7 +14,7 @@ event loop free while SQLite waits for the disk and serializes access to the one
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -137,6 +137,7 @@ _COLUMNS = (
     "dry_run",
     "following",
 )
+_IN_CHUNK = 500  # ids per `IN (...)` query, well under SQLite's limit on bound parameters
 _UPDATABLE = frozenset({"state", "order_id", "last_order", "reason", "following", "updated_at"})
 
 
@@ -193,6 +194,17 @@ class Store:
                 f"UPDATE orders SET {assignments} WHERE client_id = ?",
                 [*fields.values(), client_id],
             )
+
+    def journalled_order_ids(self, order_ids: Iterable[str]) -> set[str]:
+        """Those of `order_ids` that some journalled intent already owns."""
+        wanted = list(dict.fromkeys(order_ids))
+        found: set[str] = set()
+        for start in range(0, len(wanted), _IN_CHUNK):
+            chunk = wanted[start : start + _IN_CHUNK]
+            marks = ", ".join("?" for _ in chunk)
+            query = f"SELECT order_id FROM orders WHERE order_id IN ({marks})"
+            found.update(row[0] for row in self._db.execute(query, chunk))
+        return found
 
     def followed(self) -> list[JournalRow]:
         """Every journalled order news is still expected of, oldest first."""

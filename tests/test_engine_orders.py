@@ -724,6 +724,33 @@ async def test_restore_from_a_real_journal(tmp_path: Path) -> None:
         reopened.sync.close()
 
 
+async def test_an_order_of_an_intent_let_go_of_is_never_claimed_again(tmp_path: Path) -> None:
+    """Found by the chaos run: after a restart, the market's listing still shows a finished order
+    that only the journal remembers; an unknown intent with the same fingerprint (the strategy
+    placed the same order again) must not take it as its own: that broke the journal's unique
+    order id and, worse, would follow someone else's order."""
+    store = AsyncStore(Store.open(tmp_path / "j.db"))
+    try:
+        tracker = OrderTracker(store)
+        old = await tracker.new_intent("s", "1", a_request(), NOW)
+        report = echo(old.request, "m-old", model.OrderStatus.CANCELLED)
+        await tracker.placed(old, report, NOW)
+        assert not old.following  # finished: a restart does not bring it back
+        restored = await OrderTracker.restore(store)
+        again = await restored.new_intent("s", "1", a_request(), NOW)
+        await restored.set_state(again, S.UNKNOWN, NOW, "timeout")
+        assert await restored.unclaimed([report]) == []
+        assert await restored.apply_order(report, NOW) == []
+        assert again.state is S.UNKNOWN and again.order_id is None
+        # Its own order, when it shows up, is claimed as before.
+        mine = echo(again.request, "m-new")
+        assert await restored.unclaimed([report, mine]) == [mine]
+        [change] = await restored.apply_order(mine, NOW)
+        assert change.order.client_id == again.client_id
+    finally:
+        store.sync.close()
+
+
 async def test_the_journal_follows_every_change(tmp_path: Path) -> None:
     store = AsyncStore(Store.open(tmp_path / "j.db"))
     tracker = OrderTracker(store)

@@ -537,11 +537,12 @@ class Engine:
         listed = await self._list_orders()
         now = self.clock.now()
         started = trio.current_time()
+        found = await self.tracker.unclaimed(listed) if listed is not None else []
         for intent in self.tracker.unresolved():
             if intent.dry_run:
                 continue
             if listed is not None:
-                found = [o for o in listed if self.tracker.by_order_id(o.order_id) is None]
+                found = [o for o in found if self.tracker.by_order_id(o.order_id) is None]
                 order = next((o for o in found if matches(intent.request, o)), None)
                 if order is not None:
                     log.info("order.resolved", **_describe(intent), how="listing")

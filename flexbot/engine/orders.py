@@ -22,7 +22,7 @@ older report (`updated_at`) never replaces a newer one, and contracts are merged
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -312,11 +312,23 @@ class OrderTracker:
         return any(i.state.is_unresolved for i in self._intents.values())
 
     def claim(self, order: model.Order) -> Intent | None:
-        """The unresolved intent this market order is, by fingerprint (oldest first)."""
+        """The unresolved intent this market order is, by fingerprint (oldest first). The order
+        must be nobody's yet (see `unclaimed`)."""
         for intent in self._intents.values():
             if intent.state.is_unresolved and matches(intent.request, order):
                 return intent
         return None
+
+    async def unclaimed(self, orders: Sequence[model.Order]) -> list[model.Order]:
+        """Those of `orders` that no intent owns, in memory or in the journal: an order of an
+        intent let go of (finished, or from before a restart) is never claimed a second time."""
+        fresh = [o for o in orders if o.order_id not in self._by_order_id]
+        if not fresh or self._store is None:
+            return fresh
+        owned = await self._store.run(
+            self._store.sync.journalled_order_ids, [o.order_id for o in fresh]
+        )
+        return [o for o in fresh if o.order_id not in owned]
 
     async def apply(self, event: TradeEvent, now: datetime) -> list[Change]:
         message = event.message
@@ -330,6 +342,8 @@ class OrderTracker:
     async def apply_order(self, order: model.Order, now: datetime) -> list[Change]:
         intent = self._by_order_id.get(order.order_id)
         if intent is None:
+            if not await self.unclaimed([order]):
+                return []  # an intent let go of: its news no longer concerns anyone
             intent = self.claim(order)
             if intent is None:
                 log.warning("order.untracked", order_id=order.order_id, status=str(order.status))

@@ -80,7 +80,10 @@ class StreamSettings:
     silence_s: float = field(default=120.0, validator=_positive)
     connect_timeout_s: float = field(default=10.0, validator=_positive)
     close_timeout_s: float = field(default=2.0, validator=_positive)
-    stable_after_s: float = field(default=60.0, validator=_positive)
+    # A connection up this long resets the backoff. Short, because a market that drops links
+    # every few seconds (a deploy, a proxy's idle limit) must not push reconnects out towards
+    # the cap; a link that fails within it still backs off (the chaos run found this).
+    stable_after_s: float = field(default=5.0, validator=_positive)
     backoff: Backoff = field(factory=lambda: Backoff(base_s=0.5, cap_s=30.0))
     max_message_bytes: int = 16 * 1024 * 1024
 
