@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test broker lint typecheck format sandbox ci clean
+.PHONY: demo test broker lint typecheck format sandbox ci clean bench chaos
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ broker:  ## install the MQTT broker the tests use (mosquitto), if missing
 	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto \
 		|| $(APT_INSTALL) || ($(SUDO) apt-get update -q && $(APT_INSTALL)) \
 		|| echo "mosquitto not installed: the MQTT meter tests will be skipped" >&2
+
+bench: $(STAMP)  ## every benchmark with its baseline (ARGS="--quick" for a smoke run)
+	$(BIN)/python bench/run_all.py $(ARGS)
+
+chaos: $(STAMP)  ## the long chaos run: 15 minutes of faults and SIGKILLs (ARGS to change)
+	$(BIN)/python bench/chaos.py $(or $(ARGS),--duration 900 --kills 20)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -3,7 +3,8 @@
 A sandbox subprocess (simulated traders, market time 60x the wall clock) injects, all at once:
 WebSocket connections dropped every 10 s, access tokens expiring every 5 s, 10% of REST calls
 answered 5xx, ambiguous order answers (the order exists, the answer is lost), and in bursts 429s,
-half-open connections (pings unanswered) and hanging order answers. The daemon trades with the
+half-open connections (pings unanswered; the drops pause meanwhile, as a half-open link hears no
+close) and hanging order answers. The daemon trades with the
 example strategies (seller, buyer, market maker) and two synthetic meters, and is killed with
 SIGKILL at random moments, restarted each time as systemd would. Then the killing stops, the
 daemon runs until every metering that is due has been accepted, and stops on SIGTERM.
@@ -103,6 +104,7 @@ class Report:
     restarting_s: float = 0.0
     disconnected_by_endpoint: dict[str, float] = attrs.Factory(dict)
     reconnects: int = 0
+    half_open_found: int = 0  # links the daemon declared dead for unanswered pings
     events: Counter[str] = attrs.Factory(Counter)
     injected: dict[str, int] = attrs.Factory(dict)
     sandbox_tracebacks: int = 0
@@ -161,7 +163,8 @@ class Report:
             f"{self.sandbox_tracebacks}",
             f"disconnected {self.disconnected_s:.1f} s in total ({share:.0%} of the run; any stream"
             f" down or the process dead), {self.restarting_s:.1f} s of it from a kill until every"
-            f" stream was up again; by endpoint: {per_endpoint}; reconnects {self.reconnects}",
+            f" stream was up again; by endpoint: {per_endpoint}; reconnects {self.reconnects},"
+            f" half-open links found {self.half_open_found}",
             "events: " + _fmt_counts({k: self.events[k] for k in notable if self.events[k]}),
         ]
         problems = self.problems()
@@ -230,6 +233,7 @@ def write_config(workdir: Path, url: str) -> Path:
             "password": "${FLEXBOT_PASSWORD}",
             "clock": "sandbox",
             "timeout_s": 3,
+            "ping_interval_s": 2,  # a half-open link is found within 6 s
         },
         "store": {"path": "flexbot.db"},
         "strategies": {"config_dir": "strategies", "code_dir": str(ROOT / "strategies")},
@@ -274,7 +278,7 @@ async def bursts(client: httpx.AsyncClient, rng: random.Random) -> None:
     """Faults that come and go: 429 storms, half-open links, answers that never come."""
     kinds = (
         ({"rest_429_rate": 0.6}, {"rest_429_rate": 0.0}),
-        ({"ws_no_pong": True}, {"ws_no_pong": False}),
+        ({"ws_no_pong": True, "ws_drop_every": 0}, {"ws_no_pong": False, "ws_drop_every": 10}),
         ({"ambiguous_mode": "hang"}, {"ambiguous_mode": "504"}),
     )
     while True:
@@ -282,7 +286,7 @@ async def bursts(client: httpx.AsyncClient, rng: random.Random) -> None:
         on, off = rng.choice(kinds)
         await _set_faults(client, **on)
         try:
-            await trio.sleep(rng.uniform(2, 8))
+            await trio.sleep(rng.uniform(4, 12))
         finally:
             with trio.CancelScope(shield=True):
                 await _set_faults(client, **off)
@@ -492,6 +496,7 @@ def measure_disconnection(text: str, marks: list[float], started: float, report:
             at = datetime.fromisoformat(event["timestamp"]).timestamp()
             timeline.append((at, name, str(event.get("endpoint"))))
             report.reconnects += name == "ws.connected"
+            report.half_open_found += "pings unanswered" in str(event.get("reason"))
     measured = downtime(timeline, started, marks[-1])
     report.disconnected_s = measured.any_down_s
     report.restarting_s = measured.restarting_s

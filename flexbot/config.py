@@ -60,6 +60,7 @@ class MarketConfig:
     password: str  # a reference: ${ENV_VAR} or file:PATH
     ca_bundle: str | None = None  # an extra CA to trust (PEM), e.g. a sandbox run with --tls
     timeout_s: float = 10.0
+    ping_interval_s: float = 20.0  # stream pings; 3 unanswered declare a (half-open) link dead
     # wall: market time is UTC now. sandbox: read it (and its speed) from the sandbox's clock.
     clock: str = "wall"
 
@@ -230,6 +231,7 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> LoadedConfig:
         password=password,
         ca_bundle=ca_bundle,
         timeout_s=config.market.timeout_s,
+        ping_interval_s=config.market.ping_interval_s,
     )
     return LoadedConfig(
         path=path,
@@ -381,8 +383,9 @@ def _check(config: FlexbotConfig) -> list[Problem]:
         bad(("market", "url"), f"expected https://host[:port], got {market.url!r}")
     if not market.username:
         bad(("market", "username"), "must not be empty")
-    if not (market.timeout_s > 0 and math.isfinite(market.timeout_s)):
-        bad(("market", "timeout_s"), "must be a finite number of seconds greater than 0")
+    for name in ("timeout_s", "ping_interval_s"):
+        if not (getattr(market, name) > 0 and math.isfinite(getattr(market, name))):
+            bad(("market", name), "must be a finite number of seconds greater than 0")
     if market.clock not in CLOCKS:
         bad(("market", "clock"), f"must be one of {', '.join(CLOCKS)}")
     engine = config.engine

@@ -74,6 +74,10 @@ def test_a_systemd_credential_path_expands_its_variable(tmp_path: Path) -> None:
         ({"username": ""}, "$.market.username: must not be empty"),
         ({"timeout_s": "abc"}, "$.market.timeout_s: expected a number, got the string 'abc'"),
         ({"timeout_s": 0}, "$.market.timeout_s: must be a finite number of seconds greater than 0"),
+        (
+            {"ping_interval_s": float("inf")},
+            "$.market.ping_interval_s: must be a finite number of seconds greater than 0",
+        ),
         ({"typo": 1}, "$.market.typo: unknown key"),
         ({"ca_bundle": "nowhere.pem"}, "$.market.ca_bundle: no such file"),
     ],

@@ -741,7 +741,8 @@ async def test_an_order_of_an_intent_let_go_of_is_never_claimed_again(tmp_path: 
         await restored.set_state(again, S.UNKNOWN, NOW, "timeout")
         assert await restored.unclaimed([report]) == []
         assert await restored.apply_order(report, NOW) == []
-        assert again.state is S.UNKNOWN and again.order_id is None
+        assert again.state is S.UNKNOWN
+        assert again.order_id is None
         # Its own order, when it shows up, is claimed as before.
         mine = echo(again.request, "m-new")
         assert await restored.unclaimed([report, mine]) == [mine]

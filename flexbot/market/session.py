@@ -36,6 +36,7 @@ class ConnectionSettings:
     password: Secret
     ca_bundle: Path | None = None
     timeout_s: float = 10.0
+    ping_interval_s: float = 20.0  # the streams' liveness pings
 
     @property
     def ws_url(self) -> str:
@@ -103,7 +104,10 @@ class MarketSession:
         streams: StreamSettings | None = None,
         recorder: Callable[[Endpoint, str | bytes], None] | None = None,
     ) -> MarketFeed:
-        settings = FeedSettings(streams=streams or StreamSettings(ws_url=self.settings.ws_url))
+        streams = streams or StreamSettings(
+            ws_url=self.settings.ws_url, ping_interval_s=self.settings.ping_interval_s
+        )
+        settings = FeedSettings(streams=streams)
         return MarketFeed(
             settings,
             self.client,
