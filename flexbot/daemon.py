@@ -9,7 +9,8 @@ Signals: SIGTERM or SIGINT stop gracefully (strategies stopped, open orders canc
 `engine.cancel_on_shutdown`, sockets closed, exit 0); a second SIGINT stops at once. SIGHUP reloads
 the config: valid changes to strategy params and risk limits apply at once, an invalid config is
 reported and the running one kept. SIGUSR1 engages the kill switch (a latch in the store, released
-with `flexbot kill-switch release`).
+with `flexbot kill-switch release`). Signals are received from the first instant: during start-up a
+stop abandons it (nothing trades yet), a SIGHUP waits for the engine, a SIGUSR1 latches at once.
 """
 
 from __future__ import annotations
@@ -17,17 +18,18 @@ from __future__ import annotations
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from functools import partial
 
 import httpx
 import trio
-from attrs import define
+from attrs import define, field
 
 from flexbot import config, logs, wire
 from flexbot.alarms import AlarmBounds, watch_for_silence
 from flexbot.clock import MarketClock
 from flexbot.engine.engine import Engine, EngineSettings
-from flexbot.engine.killswitch import KillSwitch
+from flexbot.engine.killswitch import KillSwitch, engage_latch
 from flexbot.engine.orders import OrderTracker
 from flexbot.engine.recording import Recorder
 from flexbot.market.feed import MarketFeed
@@ -78,6 +80,25 @@ class Parts:
     clock: MarketClock
 
 
+@define
+class Control:
+    """What the signal handler acts on. It exists from the first instant of the run, so that a
+    signal during start-up is never met by the default action (death, no clean stop)."""
+
+    stop: trio.Event
+    stop_now: trio.Event = field(factory=trio.Event)
+    starting: trio.CancelScope | None = None  # the start-up, cancelled by a stop before the engine
+    store: AsyncStore | None = None
+    engine: Engine | None = None
+    reload_pending: bool = False  # SIGHUP before the engine: applied once it runs
+    kill_pending: bool = False  # SIGUSR1 before the engine: latched at once, engaged once it runs
+
+    def stop_requested(self) -> None:
+        self.stop.set()
+        if self.starting is not None:
+            self.starting.cancel()
+
+
 async def run(
     loaded: config.LoadedConfig,
     *,
@@ -91,61 +112,106 @@ async def run(
     """Run until a stop signal (or `stop` is set); returns the exit status. The demo passes its
     own `clock`, a `stop` event, and callbacks for when it has `started` and has `finished`
     (stopped, the store still open); `flexbot run` passes nothing."""
+    control = Control(stop if stop is not None else trio.Event())
+    body = partial(_run, loaded, control, clock, started, finished, notifier or Notifier())
+    if not signals:
+        return await body()
+    with trio.open_signal_receiver(*HANDLED_SIGNALS) as received:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_handle_signals, received, loaded, control)
+            status = await body()
+            nursery.cancel_scope.cancel()
+    return status
+
+
+async def _run(
+    loaded: config.LoadedConfig,
+    control: Control,
+    clock: MarketClock | None,
+    started: Callable[[Parts, trio.Nursery], None] | None,
+    finished: Callable[[Parts], Awaitable[None]] | None,
+    notify: Notifier,
+) -> int:
     cfg = loaded.config
-    notify = notifier or Notifier()
-    stop = stop if stop is not None else trio.Event()
-    async with open_store(loaded) as store, connect(loaded.connection, login=False) as market:
-        await market.tokens.login()
-        if clock is None:
-            try:
-                clock = await market_clock(market, cfg.market.clock)
-            except (httpx.HTTPError, KeyError, ValueError) as exc:
-                log.error("clock.sync_failed", reason=str(exc))
-                return 1
-        parts = await _assemble(loaded, store, market, clock)
-        recorder = (
-            Recorder(loaded.record_path, clock.now) if loaded.record_path is not None else None
-        )
-        if recorder is not None:
-            parts.feed = market.feed(orders=parts.tracker, recorder=recorder)
-        try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(market.tokens.run)
-                await nursery.start(parts.hub.run)
-                await nursery.start(parts.feed.run)
-                await parts.feed.reconciled.wait()  # /trade up, open orders reconciled
-                await nursery.start(parts.engine.run, parts.feed)
-                await nursery.start(parts.verifier.run)
-                metrics = Metrics() if cfg.metrics.listen else None
-                if metrics is not None and cfg.metrics.listen is not None:
-                    metrics.attach(parts)
-                    await nursery.start(metrics.serve, MetricsSettings(cfg.metrics.listen))
-                    nursery.start_soon(metrics.refresh_outbox)
-                on_alarms = None if metrics is None else partial(setattr, metrics, "alarms")
-                nursery.start_soon(watch_for_silence, parts, notify, AlarmBounds(), on_alarms)
-                if started is not None:
-                    started(parts, nursery)
-                log.info(
-                    "daemon.ready",
-                    strategies=len(parts.engine.runners),
-                    restored=len(parts.tracker.live()),
-                )
-                notify.notify("READY=1", f"STATUS={summary_line(parts)}")
-                nursery.start_soon(notify.keep_watchdog)  # from here on, a stuck loop is fatal
-                stop_now = trio.Event()
-                if signals:
-                    nursery.start_soon(_handle_signals, loaded, parts.engine, stop, stop_now)
-                await stop.wait()
-                notify.notify("STOPPING=1")
-                await _graceful_stop(parts, stop_now)
-                if finished is not None:
-                    await finished(parts)
-                nursery.cancel_scope.cancel()
-        finally:
+    stop = control.stop
+    with trio.CancelScope() as starting:
+        control.starting = starting
+        if stop.is_set():
+            starting.cancel()
+        async with open_store(loaded) as store, connect(loaded.connection, login=False) as market:
+            control.store = store
+            if control.kill_pending:
+                await _latch_kill_switch(store)
+            await market.tokens.login()
+            if clock is None:
+                try:
+                    clock = await market_clock(market, cfg.market.clock)
+                except (httpx.HTTPError, KeyError, ValueError) as exc:
+                    log.error("clock.sync_failed", reason=str(exc))
+                    return 1
+            parts = await _assemble(loaded, store, market, clock)
+            recorder = (
+                Recorder(loaded.record_path, clock.now) if loaded.record_path is not None else None
+            )
             if recorder is not None:
-                recorder.close()
+                parts.feed = market.feed(orders=parts.tracker, recorder=recorder)
+            try:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(market.tokens.run)
+                    await nursery.start(parts.hub.run)
+                    await nursery.start(parts.feed.run)
+                    await parts.feed.reconciled.wait()  # /trade up, open orders reconciled
+                    # From here on a stop is a graceful one: strategies may place orders.
+                    control.starting = None
+                    await nursery.start(parts.engine.run, parts.feed)
+                    await _apply_pending(loaded, control, parts.engine)
+                    await nursery.start(parts.verifier.run)
+                    metrics = Metrics() if cfg.metrics.listen else None
+                    if metrics is not None and cfg.metrics.listen is not None:
+                        metrics.attach(parts)
+                        await nursery.start(metrics.serve, MetricsSettings(cfg.metrics.listen))
+                        nursery.start_soon(metrics.refresh_outbox)
+                    on_alarms = None if metrics is None else partial(setattr, metrics, "alarms")
+                    nursery.start_soon(watch_for_silence, parts, notify, AlarmBounds(), on_alarms)
+                    if started is not None:
+                        started(parts, nursery)
+                    log.info(
+                        "daemon.ready",
+                        strategies=len(parts.engine.runners),
+                        restored=len(parts.tracker.live()),
+                    )
+                    notify.notify("READY=1", f"STATUS={summary_line(parts)}")
+                    nursery.start_soon(notify.keep_watchdog)  # from here, a stuck loop is fatal
+                    await stop.wait()
+                    notify.notify("STOPPING=1")
+                    await _graceful_stop(parts, control.stop_now)
+                    if finished is not None:
+                        await finished(parts)
+                    nursery.cancel_scope.cancel()
+            finally:
+                if recorder is not None:
+                    recorder.close()
+    if starting.cancelled_caught:
+        log.info("daemon.stopped", during="start-up")
+        return 0
     log.info("daemon.stopped")
     return 0
+
+
+async def _latch_kill_switch(store: AsyncStore) -> None:
+    """SIGUSR1 before the engine runs: the latch is set at once, so that it holds even if the
+    daemon stops before trading; the engine finds it when it starts."""
+    await store.run(engage_latch, store.sync, "SIGUSR1", wire.format_datetime(datetime.now(UTC)))
+    log.warning("killswitch.latched", why="SIGUSR1", during="start-up")
+
+
+async def _apply_pending(loaded: config.LoadedConfig, control: Control, engine: Engine) -> None:
+    """The engine runs: signals that came during start-up take effect now."""
+    control.engine = engine
+    if control.kill_pending:
+        await engine.engage_kill_switch("SIGUSR1")
+    if control.reload_pending:
+        _reload(loaded, engine)
 
 
 async def _assemble(
@@ -190,27 +256,38 @@ async def _assemble(
     return Parts(engine, verifier, hub, feed, tracker, store, market, clock)
 
 
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+
+
 async def _handle_signals(
-    loaded: config.LoadedConfig, engine: Engine, stop: trio.Event, stop_now: trio.Event
+    received: AsyncIterator[int], loaded: config.LoadedConfig, control: Control
 ) -> None:
-    """One receiver for the whole run (a signal during the graceful stop must not meet the
-    default action): SIGHUP reloads, SIGUSR1 engages the kill switch, the first SIGTERM/SIGINT
-    stops gracefully and the second at once."""
-    wanted = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
-    with trio.open_signal_receiver(*wanted) as signals:
-        async with trio.open_nursery() as nursery:
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    if not stop.is_set():
-                        _reload(loaded, engine)
-                elif signum == signal.SIGUSR1:
-                    nursery.start_soon(engine.engage_kill_switch, "SIGUSR1")
-                elif not stop.is_set():
-                    log.info("daemon.stopping", signal=signal.Signals(signum).name)
-                    stop.set()
+    """One receiver for the whole run, start-up and graceful stop included: SIGHUP reloads,
+    SIGUSR1 engages the kill switch, the first SIGTERM/SIGINT stops gracefully (before the engine
+    runs: abandons the start-up) and the second at once."""
+    async with trio.open_nursery() as nursery:
+        async for signum in received:
+            engine = control.engine
+            if signum == signal.SIGHUP:
+                if control.stop.is_set():
+                    continue
+                if engine is None:
+                    control.reload_pending = True
                 else:
-                    log.warning("daemon.stop_now")
-                    stop_now.set()
+                    _reload(loaded, engine)
+            elif signum == signal.SIGUSR1:
+                if engine is None:
+                    control.kill_pending = True
+                    if control.store is not None:
+                        nursery.start_soon(_latch_kill_switch, control.store)
+                else:
+                    nursery.start_soon(engine.engage_kill_switch, "SIGUSR1")
+            elif not control.stop.is_set():
+                log.info("daemon.stopping", signal=signal.Signals(signum).name)
+                control.stop_requested()
+            else:
+                log.warning("daemon.stop_now")
+                control.stop_now.set()
 
 
 async def _graceful_stop(parts: Parts, stop_now: trio.Event) -> None:

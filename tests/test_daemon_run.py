@@ -205,6 +205,46 @@ def test_the_daemon_trades_reloads_on_sighup_and_stops_on_sigterm(
     assert "kill switch: not engaged" in shown.stdout
 
 
+def test_signals_during_start_up_stop_cleanly_and_keep_the_kill_switch(
+    market: Market, tmp_path: Path
+) -> None:
+    """Found by bench/startup.py: signals were handled only from READY on, so a SIGTERM while
+    starting killed the process by the default action. Now, while it still cannot log in, a
+    SIGUSR1 latches the kill switch in the store and a SIGTERM abandons the start-up, exit 0;
+    the next run starts with the kill switch engaged."""
+    config = write_config(tmp_path, market, limit_price=0.30)
+    faults = f"{market.url}/sandbox/faults"
+    httpx.post(faults, json={"token_fail_for": 60}, timeout=5).raise_for_status()
+    try:
+        daemon = Daemon(config, tmp_path / "first.log")
+        try:
+            daemon.wait_event("auth.token_failed")  # still logging in
+            daemon.process.send_signal(signal.SIGUSR1)
+            daemon.wait_event("killswitch.latched")
+            daemon.process.send_signal(signal.SIGTERM)
+            status = daemon.process.wait(timeout=STOP_S)
+        finally:
+            if daemon.process.poll() is None:
+                daemon.process.kill()
+                daemon.process.wait()
+        assert status == 0
+        assert daemon.events()[-1]["event"] == "daemon.stopped"
+        assert daemon.events()[-1]["during"] == "start-up"
+    finally:
+        httpx.post(faults, json={"token_fail_for": 0}, timeout=5).raise_for_status()
+    again = Daemon(config, tmp_path / "second.log")
+    try:
+        again.wait_event("daemon.ready")
+        names = [e["event"] for e in again.events()]
+        assert names.index("killswitch.engaged") < names.index("daemon.ready")
+        again.process.send_signal(signal.SIGTERM)
+        assert again.process.wait(timeout=STOP_S) == 0
+    finally:
+        if again.process.poll() is None:
+            again.process.kill()
+            again.process.wait()
+
+
 def test_the_daemon_speaks_the_systemd_notify_protocol(market: Market, tmp_path: Path) -> None:
     """Under a (fake) systemd: READY once up, WATCHDOG pings while it runs, STOPPING on SIGTERM,
     in that order, over an abstract socket name. Its Prometheus endpoint answers meanwhile."""
