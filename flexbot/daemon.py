@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from functools import partial
+from typing import TYPE_CHECKING
 
 import httpx
 import trio
@@ -35,10 +36,12 @@ from flexbot.engine.recording import Recorder
 from flexbot.market.feed import MarketFeed
 from flexbot.market.session import MarketSession, connect
 from flexbot.meters.hub import MeterHub, sold_power
-from flexbot.metrics import Metrics, MetricsSettings
 from flexbot.store import AsyncStore, Store
 from flexbot.systemd import Notifier
 from flexbot.verification import VerificationSettings, Verifier
+
+if TYPE_CHECKING:
+    from flexbot.metrics import Metrics
 
 log = logs.get_logger("flexbot.daemon")
 
@@ -166,8 +169,12 @@ async def _run(
                     await nursery.start(parts.engine.run, parts.feed)
                     await _apply_pending(loaded, control, parts.engine)
                     await nursery.start(parts.verifier.run)
-                    metrics = Metrics() if cfg.metrics.listen else None
-                    if metrics is not None and cfg.metrics.listen is not None:
+                    metrics: Metrics | None = None
+                    if cfg.metrics.listen is not None:
+                        # Imported only when wanted: its web server costs start-up time.
+                        from flexbot.metrics import Metrics, MetricsSettings
+
+                        metrics = Metrics()
                         metrics.attach(parts)
                         await nursery.start(metrics.serve, MetricsSettings(cfg.metrics.listen))
                         nursery.start_soon(metrics.refresh_outbox)
