@@ -12,6 +12,7 @@ not choke on them (spec §5). `StrEnum` members compare equal to their wire stri
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
@@ -287,11 +288,20 @@ class OrderBook:
 
     def flat_bids(self) -> list[BookEntry]:
         """Every bid, best (highest) price first; the sort is stable, so time order survives."""
-        return sorted((e for group in self.bids.values() for e in group), key=_bid_key)
+        return list(self._sorted_bids)
 
     def flat_asks(self) -> list[BookEntry]:
         """Every ask, best (lowest) price first."""
-        return sorted((e for group in self.asks.values() for e in group), key=_ask_key)
+        return list(self._sorted_asks)
+
+    # Sorted once per book: the feed, the paper broker and each strategy all ask for them.
+    @functools.cached_property
+    def _sorted_bids(self) -> tuple[BookEntry, ...]:
+        return tuple(sorted((e for group in self.bids.values() for e in group), key=_bid_key))
+
+    @functools.cached_property
+    def _sorted_asks(self) -> tuple[BookEntry, ...]:
+        return tuple(sorted((e for group in self.asks.values() for e in group), key=_ask_key))
 
 
 # --- auth ---------------------------------------------------------------------------------------

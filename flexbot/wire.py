@@ -431,6 +431,10 @@ def message_from_data(data: Any) -> model.Message:
     kind = data.get("type")
     if not isinstance(kind, str):
         raise Invalid.single(("type",), "required string field is missing", "missing")
+    if kind == model.MessageType.ORDERBOOK_UPDATE:
+        fast = fast_book_update(data)
+        if fast is not None:
+            return fast
     cls = _MESSAGE_TYPES.get(kind)
     if cls is None:
         return model.UnknownMessage(type=kind, raw=data)
@@ -441,3 +445,127 @@ def message_from_data(data: Any) -> model.Message:
 def parse_message(raw: bytes | bytearray | memoryview | str) -> model.Message:
     """Decode one WebSocket frame. Raises `Invalid` for a frame that cannot be understood."""
     return message_from_data(loads(raw))
+
+
+# --- the hot path: order books ------------------------------------------------------------------
+# A book is most of what the market sends, and the general converter (detailed validation, a hook
+# per level) spends ~8 µs an entry. This reads the plain well-formed shape by hand, with the same
+# conversions, and gives up (None) on anything else: the general path then decides, and locates
+# the problem if there is one. A property test holds the two to the same result.
+
+_SIDES: Mapping[str, model.Side] = {m.value: m for m in model.Side}
+_BOOK_KEYS = ("bids", "asks")
+
+
+class _NotPlain(Exception):
+    """The input is not the plain shape the fast path reads."""
+
+
+def fast_book_update(data: Mapping[str, Any]) -> model.OrderBookUpdate | None:
+    """`data` (a decoded `orderbook_update`) as the general converter would structure it, or None
+    when it is not plainly well-formed."""
+    try:
+        created = data.get("created_at")
+        kind = data["type"]
+        if type(kind) is not str:
+            return None
+        return model.OrderBookUpdate(
+            data=_fast_book(data["data"]),
+            created_at=None if created is None else _fast_datetime(created),
+            type=kind,
+        )
+    except (_NotPlain, KeyError, ValueError, TypeError):
+        return None
+
+
+def _fast_book(body: object) -> model.OrderBook:
+    if type(body) is not dict:
+        raise _NotPlain
+    sides = [_fast_groups(body[key]) if key in body else {} for key in _BOOK_KEYS]
+    return model.OrderBook(bids=sides[0], asks=sides[1])
+
+
+def _fast_groups(groups: object) -> dict[str, tuple[model.BookEntry, ...]]:
+    if type(groups) is not dict:
+        raise _NotPlain
+    locations: dict[tuple[object, object], model.Location] = {}
+    out = {}
+    for key, entries in groups.items():
+        if type(entries) is not list:
+            raise _NotPlain
+        out[key] = tuple(_fast_entry(entry, locations) for entry in entries)
+    return out
+
+
+def _fast_entry(
+    entry: object, locations: dict[tuple[object, object], model.Location]
+) -> model.BookEntry:
+    if type(entry) is not dict:
+        raise _NotPlain
+    side = entry["side"]
+    if type(side) is not str:
+        raise _NotPlain
+    energy = entry.get("energy")
+    place = entry.get("location")
+    if place is None:
+        if "location" in entry:
+            raise _NotPlain  # null where an object belongs: the general path says so
+        location = _NO_LOCATION
+    else:
+        location = _fast_location(place, locations)
+    return model.BookEntry(
+        side=_SIDES.get(side, side),
+        power=_fast_decimal(entry["power"]),
+        price=_fast_decimal(entry["price"]),
+        delivery_start=_fast_datetime(entry["delivery_start"]),
+        delivery_end=_fast_datetime(entry["delivery_end"]),
+        location=location,
+        energy=None if energy is None else _fast_decimal(energy),
+    )
+
+
+_NO_LOCATION = model.Location()
+
+
+def _fast_location(
+    place: object, seen: dict[tuple[object, object], model.Location]
+) -> model.Location:
+    if type(place) is not dict or place.get("coordinates") is not None:
+        raise _NotPlain
+    ids = place.get("location_id", ())
+    country = place.get("country_code", "")
+    if type(ids) is not list and ids != ():
+        raise _NotPlain
+    key = (tuple(ids), country)
+    known = seen.get(key)
+    if known is not None:
+        return known
+    if not all(i is None or type(i) is str for i in ids):
+        raise _NotPlain
+    if country is None:
+        country = ""  # as `_legacy_location`
+    elif type(country) is not str:
+        raise _NotPlain
+    location = seen[key] = model.Location(location_id=tuple(ids), country_code=country)
+    return location
+
+
+def _fast_decimal(value: object) -> Decimal:
+    if type(value) is float:
+        if value - value != 0:  # NaN and infinities: not plain
+            raise _NotPlain
+        return _float_decimal(value)
+    if type(value) is int:
+        return _int_decimal(value)
+    raise _NotPlain
+
+
+@lru_cache(maxsize=4096)
+def _int_decimal(value: int) -> Decimal:
+    return Decimal(value)
+
+
+def _fast_datetime(value: object) -> datetime:
+    if type(value) is not str:
+        raise _NotPlain
+    return parse_datetime(value)

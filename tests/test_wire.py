@@ -760,3 +760,62 @@ def test_a_non_list_where_a_list_is_expected_is_rejected_at_that_field(
 ) -> None:
     error = _invalid(body, cls)
     assert [p.loc for p in error.problems] == [loc]
+
+
+# --- the fast path for books ---------------------------------------------------------------------
+
+
+def _has_coordinates(update: model.OrderBookUpdate) -> bool:
+    groups = [*update.data.bids.values(), *update.data.asks.values()]
+    return any(e.location.coordinates is not None for group in groups for e in group)
+
+
+@given(sm.orderbook_updates)
+def test_the_fast_book_path_reads_what_the_general_one_reads(update: model.OrderBookUpdate) -> None:
+    data = orjson.loads(wire.dumps(update))
+    fast = wire.fast_book_update(data)
+    if _has_coordinates(update):
+        assert fast is None  # rare on the wire: left to the general path
+    else:
+        assert fast == update
+    assert wire.message_from_data(data) == update
+
+
+def _paths(node: Any, at: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found = [at]
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found += _paths(value, (*at, key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found += _paths(value, (*at, index))
+    return found
+
+
+@st.composite
+def mutated_books(draw: st.DrawFn) -> Any:
+    """A real book update with one node replaced by any JSON value, or one key removed."""
+    data = orjson.loads(wire.dumps(draw(sm.orderbook_updates)))
+    path = draw(st.sampled_from(_paths(data)[1:]))
+    parent = data
+    for step in path[:-1]:
+        parent = parent[step]
+    if isinstance(parent, dict) and draw(st.booleans()):
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = draw(sm.json_values)
+    return data
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_books())
+def test_the_fast_book_path_never_disagrees_with_the_general_one(data: Any) -> None:
+    """It reads what it can exactly as the general path does, and gives up on the rest (which
+    the general path then reads, or refuses with a located problem)."""
+    fast = wire.fast_book_update(data)
+    try:
+        general = wire.structure(data, model.OrderBookUpdate)
+    except Invalid:
+        assert fast is None
+    else:
+        assert fast is None or fast == general

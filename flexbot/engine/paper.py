@@ -119,6 +119,8 @@ class PaperBroker:
     def match(self, book: model.OrderBook) -> list[model.Message]:
         """Fill paper orders against `book`; returns the `/trade` messages the fills produce."""
         self._book = book
+        if not self._orders:
+            return []  # nothing on paper (the usual case): no need to look at the book
         present = {_key(e) for e in (*book.flat_bids(), *book.flat_asks())}
         self._taken = {k: v for k, v in self._taken.items() if k in present}
         messages: list[model.Message] = []
