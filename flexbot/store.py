@@ -182,18 +182,27 @@ class Store:
         with _transaction(self._db):
             self._db.execute(f"INSERT INTO orders ({', '.join(_COLUMNS)}) VALUES ({marks})", values)
 
-    def update(self, client_id: str, **fields: Any) -> None:
+    def update(self, client_id: str, *, durable: bool = True, **fields: Any) -> None:
+        """Change a journalled order. `durable=False` skips the fsync: the change survives the
+        process being killed (it is in the WAL) but may not survive a power cut until the next
+        durable commit. For what the market can tell again after a restart (its status)."""
         unknown = set(fields) - _UPDATABLE
         if not fields:
             raise ValueError("nothing to update")
         if unknown:
             raise ValueError(f"not updatable: {sorted(unknown)}")
         assignments = ", ".join(f"{name} = ?" for name in fields)
-        with _transaction(self._db):
-            self._db.execute(
-                f"UPDATE orders SET {assignments} WHERE client_id = ?",
-                [*fields.values(), client_id],
-            )
+        if not durable:
+            self._db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with _transaction(self._db):
+                self._db.execute(
+                    f"UPDATE orders SET {assignments} WHERE client_id = ?",
+                    [*fields.values(), client_id],
+                )
+        finally:
+            if not durable:
+                self._db.execute("PRAGMA synchronous=FULL")
 
     def journalled_order_ids(self, order_ids: Iterable[str]) -> set[str]:
         """Those of `order_ids` that some journalled intent already owns."""

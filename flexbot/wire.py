@@ -488,31 +488,32 @@ def _fast_book(body: object) -> model.OrderBook:
 def _fast_groups(groups: object) -> dict[str, tuple[model.BookEntry, ...]]:
     if type(groups) is not dict:
         raise _NotPlain
-    locations: dict[tuple[object, object], model.Location] = {}
     out = {}
     for key, entries in groups.items():
         if type(entries) is not list:
             raise _NotPlain
-        out[key] = tuple(_fast_entry(entry, locations) for entry in entries)
+        out[key] = tuple([_fast_entry(entry) for entry in entries])
     return out
 
 
-def _fast_entry(
-    entry: object, locations: dict[tuple[object, object], model.Location]
-) -> model.BookEntry:
+def _fast_entry(entry: object) -> model.BookEntry:
     if type(entry) is not dict:
         raise _NotPlain
     side = entry["side"]
     if type(side) is not str:
         raise _NotPlain
     energy = entry.get("energy")
-    place = entry.get("location")
-    if place is None:
-        if "location" in entry:
-            raise _NotPlain  # null where an object belongs: the general path says so
+    place = entry.get("location", _ABSENT)
+    if place is _ABSENT:
         location = _NO_LOCATION
+    elif type(place) is dict and place.get("coordinates") is None:
+        ids = place.get("location_id", ())
+        # A list of ids is not hashable: its tuple is the cache key (unhashable items raise).
+        location = _fast_location(
+            tuple(ids) if type(ids) is list else ids, place.get("country_code", "")
+        )
     else:
-        location = _fast_location(place, locations)
+        raise _NotPlain  # null, or coordinates: the general path decides
     return model.BookEntry(
         side=_SIDES.get(side, side),
         power=_fast_decimal(entry["power"]),
@@ -524,30 +525,20 @@ def _fast_entry(
     )
 
 
+_ABSENT = object()
 _NO_LOCATION = model.Location()
 
 
-def _fast_location(
-    place: object, seen: dict[tuple[object, object], model.Location]
-) -> model.Location:
-    if type(place) is not dict or place.get("coordinates") is not None:
-        raise _NotPlain
-    ids = place.get("location_id", ())
-    country = place.get("country_code", "")
-    if type(ids) is not list and ids != ():
-        raise _NotPlain
-    key = (tuple(ids), country)
-    known = seen.get(key)
-    if known is not None:
-        return known
-    if not all(i is None or type(i) is str for i in ids):
+# Books name the same few locations over and over: one Location each (they are immutable).
+@lru_cache(maxsize=4096)
+def _fast_location(ids: object, country: object) -> model.Location:
+    if type(ids) is not tuple or not all(i is None or type(i) is str for i in ids):
         raise _NotPlain
     if country is None:
         country = ""  # as `_legacy_location`
     elif type(country) is not str:
         raise _NotPlain
-    location = seen[key] = model.Location(location_id=tuple(ids), country_code=country)
-    return location
+    return model.Location(location_id=ids, country_code=country)
 
 
 def _fast_decimal(value: object) -> Decimal:

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import attrs
 import pytest
 import trio
+import trio.testing
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, multiple, rule
@@ -40,7 +41,7 @@ from flexbot.engine.orders import (
     matches,
 )
 from flexbot.store import AsyncStore, Store
-from flexbot.strategy import IntentState
+from flexbot.strategy import IntentState, Position, Window
 from tests import strategies_model as sm
 
 pytestmark = pytest.mark.anyio
@@ -487,6 +488,16 @@ class TrackerMachine(RuleBasedStateMachine):
         }
 
     @invariant()
+    def the_indexes_agree_with_a_full_scan(self) -> None:
+        every = list(self.tracker)
+        assert self.tracker.live() == [i for i in every if i.state.is_live]
+        assert self.tracker.live(dry_run=False) == [
+            i for i in every if i.state.is_live and not i.dry_run
+        ]
+        for window in {Window.of(i.request) for i in every}:
+            assert self.tracker.position(window) == scanned_position(every, window)
+
+    @invariant()
     def contracts_are_never_lost(self) -> None:
         for intent in self.tracker:
             ids = set() if intent.order is None else {c.contract_id for c in intent.order.contracts}
@@ -527,6 +538,32 @@ TestTrackerMachine = TrackerMachine.TestCase
 
 
 # --- 2. examples of the stateful rules, one behaviour each -------------------------------------
+
+
+def scanned_position(intents: list[Intent], window: Window) -> Position:
+    """`OrderTracker.position` the slow way: every intent looked at."""
+    snapshots = [i.snapshot() for i in intents if Window.of(i.request) == window]
+    buys = [o for o in snapshots if o.request.side is model.Side.BUY]
+    sells = [o for o in snapshots if o.request.side is not model.Side.BUY]
+    return Position(
+        bought_w=sum((o.filled_power_w for o in buys), Decimal(0)),
+        sold_w=sum((o.filled_power_w for o in sells), Decimal(0)),
+        open_buy_w=sum((o.remaining_power_w for o in buys), Decimal(0)),
+        open_sell_w=sum((o.remaining_power_w for o in sells), Decimal(0)),
+    )
+
+
+async def test_forgetting_finished_intents_keeps_the_indexes_whole() -> None:
+    tracker = OrderTracker(None)
+    done = await tracker.new_intent("s", "1", a_request(), NOW)
+    await tracker.placed(done, echo(done.request, "m-1", model.OrderStatus.CANCELLED), NOW)
+    live = await tracker.new_intent("s", "1", a_request(price=Decimal("0.13")), NOW)
+    window = Window.of(live.request)
+    assert tracker.forget_finished(window.end + timedelta(days=2)) == 1
+    assert list(tracker) == [live]
+    assert tracker.live() == [live]
+    assert tracker.position(window) == scanned_position([live], window)
+    assert tracker.by_order_id("m-1") is None
 
 
 def a_request(**changes: Any) -> model.OrderRequest:
@@ -748,6 +785,33 @@ async def test_an_order_of_an_intent_let_go_of_is_never_claimed_again(tmp_path: 
         assert await restored.unclaimed([report, mine]) == [mine]
         [change] = await restored.apply_order(mine, NOW)
         assert change.order.client_id == again.client_id
+    finally:
+        store.sync.close()
+
+
+async def test_a_report_that_outruns_the_answer_is_never_dropped(tmp_path: Path) -> None:
+    """/trade reports an order before the submission's answer is in; while its owner is looked up
+    in the journal (a worker thread), the answer arrives. Found by the SIGKILL test after the
+    journal lookup was added: the report was logged `order.untracked` and dropped."""
+    store = AsyncStore(Store.open(tmp_path / "j.db"))
+    try:
+        tracker = OrderTracker(store)
+        intent = await tracker.new_intent("s", "1", a_request(), NOW)
+        answer = echo(intent.request, "m-1")
+        report = echo(intent.request, "m-1", model.OrderStatus.FILLED, with_expiry=False)
+        changes: list[Any] = []
+
+        async def on_report() -> None:
+            changes.extend(await tracker.apply_order(report, NOW))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(on_report)
+            await trio.testing.wait_all_tasks_blocked()  # the report waits for the journal
+            await tracker.placed(intent, answer, NOW)
+        assert [c.order.client_id for c in changes] == [intent.client_id]
+        assert intent.order is not None
+        assert intent.order.status is model.OrderStatus.FILLED
+        assert intent.state is S.DONE
     finally:
         store.sync.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
@@ -13,6 +14,7 @@ from attrs import frozen
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.typing import Framework
+from starlette.types import ASGIApp
 
 from flexbot.sandbox import liveness, tls
 from flexbot.sandbox.app import RequestLog, build_app
@@ -110,13 +112,16 @@ async def serve(
     settings: ServerSettings,
     *,
     shutdown: trio.Event,
+    wrap_app: Callable[[ASGIApp], ASGIApp] | None = None,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until `shutdown` is set, then stop gracefully (hypercorn's graceful timeout)."""
+    """Serve until `shutdown` is set, then stop gracefully (hypercorn's graceful timeout).
+    `wrap_app` adds an outermost ASGI layer (a benchmark's stamps, say)."""
     files = _tls_files(settings)
     hub = StreamHub(market, queue_size=settings.ws_queue_size)
     config = _hypercorn_config(settings, files, market, hub)
-    app = cast(Framework, RequestLog(build_app(market, hub), market))
+    asgi: ASGIApp = RequestLog(build_app(market, hub), market)
+    app = cast(Framework, asgi if wrap_app is None else wrap_app(asgi))
     async with trio.open_nursery() as nursery:
 
         async def run_http(*, task_status: trio.TaskStatus[list[str]]) -> None:
