@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import attrs
 import orjson
@@ -104,22 +105,27 @@ class Intent:
         return any(not model.is_final_contract_status(c.status) for c in self.order.contracts)
 
     def row(self, now: datetime) -> JournalRow:
-        stamp = wire.format_datetime(now)
         return JournalRow(
             client_id=self.client_id,
             strategy=self.strategy,
             strategy_version=self.version,
             fingerprint=orjson.dumps(fingerprint(self.request), default=str).decode(),
             request=wire.dumps(self.request).decode(),
-            state=str(self.state),
             created_at=wire.format_datetime(self.created_at),
-            updated_at=stamp,
-            order_id=self.order_id,
-            last_order=None if self.order is None else wire.dumps(self.order).decode(),
-            reason=self.reason,
             dry_run=self.dry_run,
-            following=self.following,
+            **self.news(now),
         )
+
+    def news(self, now: datetime) -> dict[str, Any]:
+        """The journal columns that change after the intent is made."""
+        return {
+            "state": str(self.state),
+            "updated_at": wire.format_datetime(now),
+            "order_id": self.order_id,
+            "last_order": None if self.order is None else wire.dumps(self.order).decode(),
+            "reason": self.reason,
+            "following": self.following,
+        }
 
     @classmethod
     def from_row(cls, row: JournalRow) -> Intent:
@@ -362,17 +368,8 @@ class OrderTracker:
         its status and contracts the market tells again at the next start (reconciliation)."""
         if self._store is None:
             return
-        row = intent.row(now)
         await self._store.run(
-            self._store.sync.update,
-            intent.client_id,
-            durable=durable,
-            state=row.state,
-            order_id=row.order_id,
-            last_order=row.last_order,
-            reason=row.reason,
-            following=row.following,
-            updated_at=row.updated_at,
+            self._store.sync.update, intent.client_id, durable=durable, **intent.news(now)
         )
 
     # --- market reports -------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections import deque
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -160,12 +161,14 @@ class OrderRate:
 
     def __init__(self, now: Callable[[], float]) -> None:
         self._now = now
-        self._times: list[float] = []
+        self._times: deque[float] = deque()  # oldest first: only the expired head is dropped
 
     def count(self) -> int:
         horizon = self._now() - 60.0
-        self._times = [t for t in self._times if t > horizon]
-        return len(self._times)
+        times = self._times
+        while times and times[0] <= horizon:
+            times.popleft()
+        return len(times)
 
     def record(self) -> None:
         self._times.append(self._now())
