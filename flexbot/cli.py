@@ -15,6 +15,7 @@ from flexbot.commands import UsageError, first_leaf
 # the demo or the replay (a third of its start-up time).
 COMMANDS = {
     "sandbox": "sandbox",
+    "kill-switch": "run",  # `run` registers it too
     "orders": "orders",
     "watch": "watch",
     "check-config": "check_config",
@@ -26,8 +27,17 @@ COMMANDS = {
 
 
 def _command_in(argv: Sequence[str]) -> str | None:
-    """The subcommand named in `argv`, if any (the first word that is one)."""
-    return next((word for word in argv if word in COMMANDS), None)
+    """The subcommand `argv` names: its first word that is not an option (nor the value of
+    `--log-format`), if that is a command. None, so every command loads, for help before it."""
+    words = iter(argv)
+    for word in words:
+        if word in ("-h", "--help"):
+            return None
+        if word == "--log-format":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
@@ -43,9 +53,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     chosen = _command_in(argv) if argv is not None else None
-    for name, module in COMMANDS.items():
-        if chosen is None or name == chosen:
-            importlib.import_module(f"flexbot.commands.{module}").add_parser(sub)
+    modules = [COMMANDS[chosen]] if chosen is not None else list(dict.fromkeys(COMMANDS.values()))
+    for module in modules:
+        importlib.import_module(f"flexbot.commands.{module}").add_parser(sub)
     return parser
 
 

@@ -15,6 +15,7 @@ stop abandons it (nothing trades yet), a SIGHUP waits for the engine, a SIGUSR1 
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -85,21 +86,15 @@ class Parts:
 
 @define
 class Control:
-    """What the signal handler acts on. It exists from the first instant of the run, so that a
+    """What a stop or a signal acts on. It exists from the first instant of the run, so that a
     signal during start-up is never met by the default action (death, no clean stop)."""
 
     stop: trio.Event
     stop_now: trio.Event = field(factory=trio.Event)
-    starting: trio.CancelScope | None = None  # the start-up, cancelled by a stop before the engine
-    store: AsyncStore | None = None
+    starting: trio.CancelScope | None = None  # the start-up, abandoned by a stop before the engine
     engine: Engine | None = None
     reload_pending: bool = False  # SIGHUP before the engine: applied once it runs
-    kill_pending: bool = False  # SIGUSR1 before the engine: latched at once, engaged once it runs
-
-    def stop_requested(self) -> None:
-        self.stop.set()
-        if self.starting is not None:
-            self.starting.cancel()
+    kill_wanted: trio.Event = field(factory=trio.Event)  # SIGUSR1 before the engine
 
 
 async def run(
@@ -116,15 +111,25 @@ async def run(
     own `clock`, a `stop` event, and callbacks for when it has `started` and has `finished`
     (stopped, the store still open); `flexbot run` passes nothing."""
     control = Control(stop if stop is not None else trio.Event())
-    body = partial(_run, loaded, control, clock, started, finished, notifier or Notifier())
-    if not signals:
-        return await body()
-    with trio.open_signal_receiver(*HANDLED_SIGNALS) as received:
+    with contextlib.ExitStack() as stack:
+        received = None
+        if signals:
+            received = stack.enter_context(trio.open_signal_receiver(*HANDLED_SIGNALS))
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_handle_signals, received, loaded, control)
-            status = await body()
+            nursery.start_soon(_abandon_start_on_stop, control)
+            if received is not None:
+                nursery.start_soon(_handle_signals, received, loaded, control)
+            status = await _run(loaded, control, clock, started, finished, notifier or Notifier())
             nursery.cancel_scope.cancel()
     return status
+
+
+async def _abandon_start_on_stop(control: Control) -> None:
+    """A stop before the engine runs abandons the start-up (nothing trades yet); after, the
+    running daemon stops gracefully."""
+    await control.stop.wait()
+    if control.starting is not None:
+        control.starting.cancel()
 
 
 async def _run(
@@ -135,87 +140,112 @@ async def _run(
     finished: Callable[[Parts], Awaitable[None]] | None,
     notify: Notifier,
 ) -> int:
-    cfg = loaded.config
-    stop = control.stop
     with trio.CancelScope() as starting:
         control.starting = starting
-        if stop.is_set():
+        if control.stop.is_set():
             starting.cancel()
-        async with open_store(loaded) as store, connect(loaded.connection, login=False) as market:
-            control.store = store
-            if control.kill_pending:
-                await _latch_kill_switch(store)
-            await market.tokens.login()
-            if clock is None:
-                try:
-                    clock = await market_clock(market, cfg.market.clock)
-                except (httpx.HTTPError, KeyError, ValueError) as exc:
-                    log.error("clock.sync_failed", reason=str(exc))
-                    return 1
-            parts = await _assemble(loaded, store, market, clock)
-            recorder = (
-                Recorder(loaded.record_path, clock.now) if loaded.record_path is not None else None
-            )
-            if recorder is not None:
-                parts.feed = market.feed(orders=parts.tracker, recorder=recorder)
+        # The keeper lives within the store's lifetime: a SIGUSR1 during start-up is latched there.
+        async with (
+            open_store(loaded) as store,
+            connect(loaded.connection, login=False) as market,
+            trio.open_nursery() as keeper,
+        ):
+            keeper.start_soon(_latch_when_wanted, control, store)
             try:
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(market.tokens.run)
-                    await nursery.start(parts.hub.run)
-                    await nursery.start(parts.feed.run)
-                    await parts.feed.reconciled.wait()  # /trade up, open orders reconciled
-                    # From here on a stop is a graceful one: strategies may place orders.
-                    control.starting = None
-                    await nursery.start(parts.engine.run, parts.feed)
-                    await _apply_pending(loaded, control, parts.engine)
-                    await nursery.start(parts.verifier.run)
-                    metrics: Metrics | None = None
-                    if cfg.metrics.listen is not None:
-                        # Imported only when wanted: its web server costs start-up time.
-                        from flexbot.metrics import Metrics, MetricsSettings
-
-                        metrics = Metrics()
-                        metrics.attach(parts)
-                        await nursery.start(metrics.serve, MetricsSettings(cfg.metrics.listen))
-                        nursery.start_soon(metrics.refresh_outbox)
-                    on_alarms = None if metrics is None else partial(setattr, metrics, "alarms")
-                    nursery.start_soon(watch_for_silence, parts, notify, AlarmBounds(), on_alarms)
-                    if started is not None:
-                        started(parts, nursery)
-                    log.info(
-                        "daemon.ready",
-                        strategies=len(parts.engine.runners),
-                        restored=len(parts.tracker.live()),
-                    )
-                    notify.notify("READY=1", f"STATUS={summary_line(parts)}")
-                    nursery.start_soon(notify.keep_watchdog)  # from here, a stuck loop is fatal
-                    await stop.wait()
-                    notify.notify("STOPPING=1")
-                    await _graceful_stop(parts, control.stop_now)
-                    if finished is not None:
-                        await finished(parts)
-                    nursery.cancel_scope.cancel()
+                return await _trade(
+                    loaded, control, store, market, clock, started, finished, notify
+                )
             finally:
-                if recorder is not None:
-                    recorder.close()
-    if starting.cancelled_caught:
-        log.info("daemon.stopped", during="start-up")
-        return 0
+                keeper.cancel_scope.cancel()
+    log.info("daemon.stopped", during="start-up")
+    return 0
+
+
+async def _trade(
+    loaded: config.LoadedConfig,
+    control: Control,
+    store: AsyncStore,
+    market: MarketSession,
+    clock: MarketClock | None,
+    started: Callable[[Parts, trio.Nursery], None] | None,
+    finished: Callable[[Parts], Awaitable[None]] | None,
+    notify: Notifier,
+) -> int:
+    """Log in, assemble, start in order, trade until stopped, stop gracefully."""
+    cfg = loaded.config
+    await market.tokens.login()
+    if clock is None:
+        try:
+            clock = await market_clock(market, cfg.market.clock)
+        except (httpx.HTTPError, KeyError, ValueError) as exc:
+            log.error("clock.sync_failed", reason=str(exc))
+            return 1
+    parts = await _assemble(loaded, store, market, clock)
+    recorder = Recorder(loaded.record_path, clock.now) if loaded.record_path is not None else None
+    if recorder is not None:
+        parts.feed = market.feed(orders=parts.tracker, recorder=recorder)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(market.tokens.run)
+            await nursery.start(parts.hub.run)
+            await nursery.start(parts.feed.run)
+            await parts.feed.reconciled.wait()  # /trade up, open orders reconciled
+            # From here on a stop is a graceful one: strategies may place orders.
+            control.starting = None
+            await nursery.start(parts.engine.run, parts.feed)
+            await _apply_pending(loaded, control, parts.engine)
+            await nursery.start(parts.verifier.run)
+            metrics: Metrics | None = None
+            if cfg.metrics.listen is not None:
+                # Imported only when wanted: its web server costs start-up time.
+                from flexbot.metrics import Metrics, MetricsSettings
+
+                metrics = Metrics()
+                metrics.attach(parts)
+                await nursery.start(metrics.serve, MetricsSettings(cfg.metrics.listen))
+                nursery.start_soon(metrics.refresh_outbox)
+            on_alarms = None if metrics is None else partial(setattr, metrics, "alarms")
+            nursery.start_soon(watch_for_silence, parts, notify, AlarmBounds(), on_alarms)
+            if started is not None:
+                started(parts, nursery)
+            log.info(
+                "daemon.ready",
+                strategies=len(parts.engine.runners),
+                restored=len(parts.tracker.live()),
+            )
+            notify.notify("READY=1", f"STATUS={summary_line(parts)}")
+            nursery.start_soon(notify.keep_watchdog)  # from here, a stuck loop is fatal
+            await control.stop.wait()
+            notify.notify("STOPPING=1")
+            await _graceful_stop(parts, control.stop_now)
+            if finished is not None:
+                await finished(parts)
+            nursery.cancel_scope.cancel()
+    finally:
+        if recorder is not None:
+            recorder.close()
     log.info("daemon.stopped")
     return 0
 
 
-async def _latch_kill_switch(store: AsyncStore) -> None:
-    """SIGUSR1 before the engine runs: the latch is set at once, so that it holds even if the
-    daemon stops before trading; the engine finds it when it starts."""
-    await store.run(engage_latch, store.sync, "SIGUSR1", wire.format_datetime(datetime.now(UTC)))
-    log.warning("killswitch.latched", why="SIGUSR1", during="start-up")
+async def _latch_when_wanted(control: Control, store: AsyncStore) -> None:
+    """SIGUSR1 before the engine runs: the latch is set in the store at once (shielded: it is
+    written even if the start-up is abandoned meanwhile), so that it holds if the daemon stops
+    before trading; the engine finds it when it starts."""
+    try:
+        await control.kill_wanted.wait()
+    finally:
+        if control.kill_wanted.is_set():
+            with trio.CancelScope(shield=True):
+                at = wire.format_datetime(datetime.now(UTC))
+                await store.run(engage_latch, store.sync, "SIGUSR1", at)
+                log.warning("killswitch.latched", why="SIGUSR1", during="start-up")
 
 
 async def _apply_pending(loaded: config.LoadedConfig, control: Control, engine: Engine) -> None:
     """The engine runs: signals that came during start-up take effect now."""
     control.engine = engine
-    if control.kill_pending:
+    if control.kill_wanted.is_set():
         await engine.engage_kill_switch("SIGUSR1")
     if control.reload_pending:
         _reload(loaded, engine)
@@ -284,14 +314,12 @@ async def _handle_signals(
                     _reload(loaded, engine)
             elif signum == signal.SIGUSR1:
                 if engine is None:
-                    control.kill_pending = True
-                    if control.store is not None:
-                        nursery.start_soon(_latch_kill_switch, control.store)
+                    control.kill_wanted.set()
                 else:
                     nursery.start_soon(engine.engage_kill_switch, "SIGUSR1")
             elif not control.stop.is_set():
                 log.info("daemon.stopping", signal=signal.Signals(signum).name)
-                control.stop_requested()
+                control.stop.set()
             else:
                 log.warning("daemon.stop_now")
                 control.stop_now.set()

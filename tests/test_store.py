@@ -98,6 +98,38 @@ def test_journal_update_and_read_back(store: Store) -> None:
     assert store.orders() == [done]
 
 
+def test_an_update_without_fsync_is_kept_and_the_next_one_is_durable_again(
+    store: Store, tmp_path: Path
+) -> None:
+    store.journal(row("c-1", T0))
+    store.update("c-1", durable=False, state="open", order_id="m-1", updated_at=T1)
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again
+    # Another connection (a restarted process) sees it: it is in the WAL.
+    other = Store.open(tmp_path / "state" / "flexbot.db")
+    try:
+        [seen] = other.orders()
+    finally:
+        other.close()
+    assert (seen.state, seen.order_id) == ("open", "m-1")
+
+
+def test_a_failed_update_without_fsync_leaves_the_connection_durable(store: Store) -> None:
+    store.journal(row("c-1", T0))
+    store.journal(row("c-2", T0))
+    store.update("c-1", order_id="m-1", updated_at=T1)
+    with pytest.raises(sqlite3.IntegrityError):  # the order id is another's
+        store.update("c-2", durable=False, order_id="m-1", updated_at=T1)
+    assert not store._db.in_transaction
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2
+
+
+def test_journalled_order_ids_answers_for_any_number_of_ids(store: Store) -> None:
+    for i in range(1200):
+        store.journal(row(f"c-{i}", T0, order_id=f"m-{i}" if i % 2 == 0 else None))
+    asked = [f"m-{i}" for i in range(0, 2400, 3)]  # more than one IN (...) query's worth
+    assert store.journalled_order_ids(asked) == {f"m-{i}" for i in range(0, 1200, 3) if i % 2 == 0}
+
+
 def test_rows_keep_their_types(store: Store) -> None:
     dry = row("c-dry", dry_run=True)
     store.journal(dry)

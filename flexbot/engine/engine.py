@@ -539,8 +539,8 @@ class Engine:
         started = trio.current_time()
         found = await self.tracker.unclaimed(listed) if listed is not None else []
         for intent in self.tracker.unresolved():
-            if intent.dry_run:
-                continue
+            if intent.dry_run or intent.state is not IntentState.UNKNOWN:
+                continue  # paper, or resolved by /trade while an earlier one was saved
             if listed is not None:
                 found = [o for o in found if self.tracker.by_order_id(o.order_id) is None]
                 order = next((o for o in found if matches(intent.request, o)), None)

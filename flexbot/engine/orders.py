@@ -359,7 +359,8 @@ class OrderTracker:
         intent.state = state
         intent.reason = reason
         self._reindex(intent)
-        await self._save(intent, now)
+        # Never on the market, so the market cannot tell it again: kept through a power cut.
+        await self._save(intent, now, durable=state in (IntentState.REJECTED, IntentState.LAPSED))
         return Change(intent.snapshot())
 
     async def _save(self, intent: Intent, now: datetime, *, durable: bool = False) -> None:

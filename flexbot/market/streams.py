@@ -130,6 +130,7 @@ class StreamConsumer:
         self._rng = rng or random.Random()
         self.stats = StreamStats()
         self.connected = False
+        self._up_since: float | None = None
         self.last_frame_at = 0.0
         self._token_suspect = False
 
@@ -138,11 +139,10 @@ class StreamConsumer:
         retrying = Retrying(self.settings.backoff, self._rng)
         task_status.started()
         while True:
-            started = trio.current_time()
+            self._up_since = None
             reason = await self._one_connection()
             self.connected = False
-            up_for = trio.current_time() - started
-            if up_for >= self.settings.stable_after_s:
+            if self._was_stable():
                 retrying.reset()
             if self._on_disconnect is not None:
                 await self._on_disconnect()
@@ -155,6 +155,14 @@ class StreamConsumer:
                 reason=reason,
             )
             await trio.sleep(delay)
+
+    def _was_stable(self) -> bool:
+        """Up (control message in) long enough: a connection that never came up, however long
+        its attempt took (a 10 s connect timeout), still backs off."""
+        up_since = self._up_since
+        return (
+            up_since is not None and trio.current_time() - up_since >= self.settings.stable_after_s
+        )
 
     async def _one_connection(self) -> str:
         """One connection, from connect to its end; returns why it ended."""
@@ -202,6 +210,7 @@ class StreamConsumer:
             self._token_suspect = True
             return self._ended(f"no control message: {exc}")
         self.connected = True
+        self._up_since = trio.current_time()
         self.stats.connects += 1
         self.last_frame_at = trio.current_time()
         log.info("ws.connected", endpoint=str(self.endpoint))
