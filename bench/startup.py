@@ -12,8 +12,7 @@ times each, measured from just before `Popen` to the end of the process or to th
   datagram socket this script listens on, until the daemon's `READY=1` arrives (it is sent once
   the store is open, the login done, the market clock read, the three streams started, /trade
   connected and its open orders reconciled, and the engine running). The daemon is then stopped
-  with SIGTERM and waited for (that time is shown too, not part of the figure); the SIGTERM
-  comes 0.3 s after READY, as the daemon handles signals only from just after READY on.
+  with SIGTERM at once and waited for (that time is shown too, not part of the figure).
 
 Each READY run has a fresh store and its own config (the sandbox's `seller` strategy from
 strategies/, JSON logs, the password from `$FLEXBOT_PASSWORD`), so no run restores another's
@@ -49,7 +48,6 @@ TARGET_S = 1.0
 READY_BOUND_S = 30.0  # the longest a start may take before the bench gives up
 STOP_BOUND_S = 20.0
 IMPORT_MS = 10  # --importtime shows the imports that take longer
-SETTLE_S = 0.3  # after READY, before SIGTERM (see time_ready)
 USER, PASSWORD = "alice", "alice-pw"
 IMPORTS = "import flexbot.cli, flexbot.daemon"  # what `flexbot run` imports before its config
 SECRETS = ("FLEXBOT_URL", "FLEXBOT_USER", "FLEXBOT_PASSWORD", "FLEXBOT_CONFIG")
@@ -196,9 +194,6 @@ def time_ready(config: Path, name: str) -> Run:
                 if "READY=1" in message.splitlines():
                     ready = time.perf_counter() - started
                     break
-            # The daemon installs its signal handler only after READY=1 (a SIGTERM sent at once
-            # meets the default action and kills it): give it a moment, outside the figure.
-            time.sleep(SETTLE_S)
             process.send_signal(signal.SIGTERM)
             stopping = time.perf_counter()
             status = process.wait(timeout=STOP_BOUND_S)
