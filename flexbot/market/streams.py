@@ -87,7 +87,7 @@ class StreamSettings:
     backoff: Backoff = field(factory=lambda: Backoff(base_s=0.5, cap_s=30.0))
     max_message_bytes: int = 16 * 1024 * 1024
     # Socket reads: a 10 KB book in one read, not three of trio-websocket's default 4 KiB
-    # (bench/ingest.py: +70% messages/s at the socket).
+    # (bench/ingest.py: +60-70% messages/s at the socket).
     receive_buffer_bytes: int = 64 * 1024
 
 
