@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import re
 import signal
@@ -50,6 +49,7 @@ import trio
 import yaml
 
 from flexbot import wire
+from flexbot.sandbox.launch import child_env, launched_sandbox
 from flexbot.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,39 +179,17 @@ def _fmt_counts(counts: dict[str, int]) -> str:
 # --- processes ----------------------------------------------------------------------------------
 
 
-def _child_env(**extra: str) -> dict[str, str]:
-    skip = {"FLEXBOT_URL", "FLEXBOT_USER", "FLEXBOT_PASSWORD", "FLEXBOT_CONFIG", "NOTIFY_SOCKET"}
-    env = {k: v for k, v in os.environ.items() if k not in skip}
-    return {**env, "PYTHONUNBUFFERED": "1", **extra}
-
-
 @contextmanager
 def sandbox(workdir: Path, seed: int) -> Iterator[str]:
     """The sandbox as a user starts it, on a port it picks; yields its base URL."""
-    argv = [
-        *(sys.executable, "-m", "flexbot.cli", "sandbox", "--port", "0"),
+    args = [
         *(f"--user=alice:{PASSWORD}", "--user=bob:bob-pw", "--rate-limit", "off"),
         *("--time-scale", str(TIME_SCALE), "--seed", str(seed), "--settlement-delay", "60"),
         *("--counterparties", "6", "--counterparty-interval", "0.2", "--log-format", "json"),
         *(f"--fault={name}={value}" for name, value in CONSTANT_FAULTS.items()),
     ]
-    err = workdir / "sandbox.stderr.log"
-    with (workdir / "sandbox.log").open("wb") as out, err.open("wb") as errors:
-        process = subprocess.Popen(argv, stdout=out, stderr=errors, env=_child_env(), cwd=ROOT)
-    try:
-        deadline = time.monotonic() + START_BOUND_S
-        while not (found := re.search(r"listening on (http://\S+)", err.read_text())):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the sandbox did not start: {err.read_text()[-2000:]}")
-            time.sleep(0.05)
-        yield found.group(1)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with launched_sandbox(*args, logs=workdir, ready_s=START_BOUND_S, cwd=ROOT) as running:
+        yield running.url
 
 
 def write_config(workdir: Path, url: str) -> Path:
@@ -262,7 +240,7 @@ async def start_daemon(config: Path, log: Path) -> trio.Process:
             [sys.executable, "-m", "flexbot.cli", "run", "--config", str(config)],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=_child_env(FLEXBOT_PASSWORD=PASSWORD),
+            env=child_env(FLEXBOT_PASSWORD=PASSWORD),
             cwd=ROOT,
         )
 

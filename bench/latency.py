@@ -41,7 +41,6 @@ import contextlib
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -63,6 +62,7 @@ from trio_websocket import open_websocket_url
 
 from flexbot import logs, model
 from flexbot.sandbox import server
+from flexbot.sandbox.launch import child_env, stop
 from flexbot.sandbox.market import MarketSettings, SandboxMarket
 from flexbot.sandbox.matching import OrderFinal, OrderNotFound
 from flexbot.sandbox.server import ServerSettings
@@ -329,12 +329,6 @@ async def floor_main(url: str, username: str, password: str) -> None:
 # --- the parent: one probe market per subject ----------------------------------------------------
 
 
-def child_env(**extra: str) -> dict[str, str]:
-    skip = {"FLEXBOT_URL", "FLEXBOT_USER", "FLEXBOT_PASSWORD", "FLEXBOT_CONFIG"}
-    env = {k: v for k, v in os.environ.items() if k not in skip}
-    return {**env, "PYTHONUNBUFFERED": "1", **extra}
-
-
 def flexbot_config(tmp: Path, url: str, log_level: str, store_dir: Path) -> Path:
     strategies = tmp / "strategies"
     strategies.mkdir()
@@ -373,17 +367,6 @@ def subject_argv(name: str, tmp: Path, url: str, args: argparse.Namespace) -> li
     if args.profile:
         return [sys.executable, "-m", "cProfile", "-o", str(args.profile), *run]
     return [sys.executable, *run]
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=STOP_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def wait_for_file(path: Path, deadline: float, *watched: subprocess.Popen[bytes]) -> Any:
@@ -439,7 +422,7 @@ def measure(name: str, args: argparse.Namespace) -> Outcome:
             raise
         finally:
             for process in processes:
-                stop(process)
+                stop(process, STOP_S)
             if args.store_dir is not None:
                 shutil.rmtree(args.store_dir / tmp.name, ignore_errors=True)
             if args.keep_logs is not None:

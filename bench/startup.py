@@ -43,6 +43,8 @@ from pathlib import Path
 import yaml
 from attrs import frozen
 
+from flexbot.sandbox.launch import child_env, launched_sandbox, stop
+
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_S = 1.0
 READY_BOUND_S = 30.0  # the longest a start may take before the bench gives up
@@ -50,64 +52,14 @@ STOP_BOUND_S = 20.0
 IMPORT_MS = 10  # --importtime shows the imports that take longer
 USER, PASSWORD = "alice", "alice-pw"
 IMPORTS = "import flexbot.cli, flexbot.daemon"  # what `flexbot run` imports before its config
-SECRETS = ("FLEXBOT_URL", "FLEXBOT_USER", "FLEXBOT_PASSWORD", "FLEXBOT_CONFIG")
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    """This environment without market settings or a systemd of its own, plus `extra`."""
-    skip = {*SECRETS, "CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET", "WATCHDOG_USEC"}
-    env = {k: v for k, v in os.environ.items() if k not in skip}
-    return {**env, "PYTHONUNBUFFERED": "1", **extra}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def stop(process: subprocess.Popen[bytes], timeout: float) -> int:
-    """SIGTERM, then SIGKILL if it outlives `timeout`; returns the exit status."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            return process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    return process.wait()
 
 
 @contextmanager
 def sandbox(logs: Path) -> Iterator[str]:
-    """`flexbot sandbox` on a free port; yields its URL once it accepts connections."""
-    port = free_port()
-    argv = [
-        *(sys.executable, "-m", "flexbot.cli", "sandbox", "--port", str(port)),
-        *(f"--user={USER}:{PASSWORD}", "--rate-limit", "off", "--log-format", "json"),
-    ]
-    err = logs / "sandbox.err"
-    with (logs / "sandbox.out").open("wb") as out, err.open("wb") as errors:
-        process = subprocess.Popen(argv, stdout=out, stderr=errors, env=child_env(), cwd=ROOT)
-    try:
-        deadline = time.monotonic() + READY_BOUND_S
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"the sandbox exited with {process.returncode}: {err.read_text()}"
-                )
-            if "listening on" in err.read_text():
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the sandbox is not up after {READY_BOUND_S} s")
-            time.sleep(0.02)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop(process, 2.0)
+    """`flexbot sandbox` on a port it picks; yields its URL once it listens."""
+    args = (f"--user={USER}:{PASSWORD}", "--rate-limit", "off", "--log-format", "json")
+    with launched_sandbox(*args, logs=logs, ready_s=READY_BOUND_S, stop_s=2.0, cwd=ROOT) as running:
+        yield running.url
 
 
 def write_config(root: Path, url: str) -> Path:

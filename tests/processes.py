@@ -1,23 +1,32 @@
 """Real subprocesses for tests: the sandbox as a user starts it, a clean child environment.
 
-Readiness is polled (the banner on stderr, the port accepting connections) under bounded
-deadlines; nothing sleeps a fixed time to synchronise.
+Readiness is polled (the sandbox's banner) under bounded deadlines; nothing sleeps a fixed time to
+synchronise. The launching itself is `flexbot.sandbox.launch`, shared with the benchmarks.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import attrs
 import pytest
+
+from flexbot.sandbox.launch import SandboxDidNotStart, child_env, launched_sandbox
+
+__all__ = [
+    "READY_S",
+    "ROOT",
+    "Market",
+    "child_env",
+    "default_sigint",
+    "free_port",
+    "sandbox_process",
+]
 
 ROOT = Path(__file__).parents[1]
 READY_S = 15  # the interpreter and its imports start on a shared CI machine
@@ -28,19 +37,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    """The test's environment without any market settings of its own, plus `extra`."""
-    skip = {
-        "FLEXBOT_URL",
-        "FLEXBOT_USER",
-        "FLEXBOT_PASSWORD",
-        "FLEXBOT_CONFIG",
-        "CREDENTIALS_DIRECTORY",
-    }
-    env = {k: v for k, v in os.environ.items() if k not in skip}
-    return {**env, "PYTHONUNBUFFERED": "1", **extra}
 
 
 def default_sigint() -> None:
@@ -60,35 +56,11 @@ class Market:
 
 @contextmanager
 def sandbox_process(logs: Path, *extra: str) -> Iterator[Market]:
-    """`flexbot sandbox` on a free port with users alice and bob (and `extra` arguments)."""
-    port = free_port()
-    argv = [
-        *(sys.executable, "-m", "flexbot.cli", "sandbox", "--port", str(port)),
-        *("--user=alice:alice-pw", "--user=bob:bob-pw", *extra),
-        *("--log-format", "json"),
-    ]
-    err = logs / "stderr.log"
-    with (logs / "stdout.log").open("wb") as stdout, err.open("wb") as stderr:
-        process = subprocess.Popen(argv, stdout=stdout, stderr=stderr, env=child_env(), cwd=ROOT)
+    """`flexbot sandbox` with users alice and bob (and `extra` arguments)."""
+    args = ("--user=alice:alice-pw", "--user=bob:bob-pw", *extra, "--log-format", "json")
+    # Its graceful shutdown is tested elsewhere: a test does not wait it out.
     try:
-        deadline = time.monotonic() + READY_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"sandbox exited with {process.returncode}: {err.read_text()}")
-            if "listening on" in err.read_text():
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"sandbox not ready after {READY_S} s: {err.read_text()}")
-            time.sleep(0.02)
-        yield Market(process, port)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=1)  # its graceful shutdown is tested elsewhere; do not wait it out
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        with launched_sandbox(*args, logs=logs, ready_s=READY_S, stop_s=1.0, cwd=ROOT) as running:
+            yield Market(running.process, running.port)
+    except SandboxDidNotStart as exc:
+        pytest.fail(str(exc))

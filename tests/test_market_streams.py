@@ -9,7 +9,6 @@ event (or a poll of a counter that the event moves); no fixed sleep decides a re
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -48,6 +47,7 @@ from flexbot.sandbox.faults import FaultSettings
 from flexbot.sandbox.market import MarketSettings
 from flexbot.sandbox.server import ServerSettings
 from tests.conftest import MARKET_START, USERS, Sandbox
+from tests.processes import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -156,13 +156,6 @@ async def running(*tasks: Callable[..., Any]) -> AsyncIterator[trio.Nursery]:
             await nursery.start(task)
         yield nursery
         nursery.cancel_scope.cancel()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class FrameLog:

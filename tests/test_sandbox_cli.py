@@ -26,19 +26,14 @@ import httpx
 import pytest
 import trio
 
+from tests.processes import free_port
+
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 CLIENT_ID = "glocalflexmarket_public_api"
 USERS = {"alice": "alice-pw", "bob": "bob-pw"}
 READY_S = 15  # generous: the interpreter and its imports start on a shared CI machine
 STOP_S = 5
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def sandbox_argv(*args: str) -> list[str]:
