@@ -73,13 +73,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         level="info" if service or args.command == "watch" else "warning",
     )
     status = 2
+    # An error's message may quote a URL with credentials, or a secret: scrubbed as a log line is.
     try:
         status = args.run(args)
     except* UsageError as group:
-        print(f"flexbot {args.command}: {first_leaf(group)}", file=sys.stderr)
+        print(f"flexbot {args.command}: {logs.scrub(str(first_leaf(group)))}", file=sys.stderr)
         status = 2
     except* OSError as group:  # e.g. the port is taken: say so, without a traceback
-        print(f"flexbot {args.command}: {first_leaf(group)}", file=sys.stderr)
+        print(f"flexbot {args.command}: {logs.scrub(str(first_leaf(group)))}", file=sys.stderr)
         status = 1
     except* KeyboardInterrupt:
         status = 130

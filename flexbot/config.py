@@ -35,6 +35,7 @@ from flexbot.engine.loader import StrategySpec, load_spec
 from flexbot.engine.risk import RiskLimits
 from flexbot.market.auth import Secret
 from flexbot.market.session import ConnectionSettings
+from flexbot.market.streams import MAX_BOOK_MESSAGE_BYTES
 from flexbot.meters.builder import Kind
 from flexbot.meters.source import (
     BaselineSettings,
@@ -42,7 +43,7 @@ from flexbot.meters.source import (
     MqttSettings,
     parse_source,
 )
-from flexbot.problems import Invalid, Loc, Problem
+from flexbot.problems import Invalid, Loc, Problem, http_url_problem
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "json", "console")
@@ -61,6 +62,8 @@ class MarketConfig:
     ca_bundle: str | None = None  # an extra CA to trust (PEM), e.g. a sandbox run with --tls
     timeout_s: float = 10.0
     ping_interval_s: float = 20.0  # stream pings; 3 unanswered declare a (half-open) link dead
+    # The largest order book message read (a larger one closes the link, 1009, logged once).
+    max_book_message_bytes: int = MAX_BOOK_MESSAGE_BYTES
     # wall: market time is UTC now. sandbox: read it (and its speed) from the sandbox's clock.
     clock: str = "wall"
 
@@ -175,8 +178,13 @@ class ConfigError(Exception):
         return [f"{path}: {p}" for path, p in self.located]
 
 
-def load(path: Path, environ: Mapping[str, str] | None = None) -> LoadedConfig:
-    """Read, validate and resolve `path`; raises `ConfigError` listing every problem found."""
+def load(
+    path: Path, environ: Mapping[str, str] | None = None, *, secrets: bool = True
+) -> LoadedConfig:
+    """Read, validate and resolve `path`; raises `ConfigError` listing every problem found.
+
+    `secrets=False` leaves the secrets unresolved (empty): for the commands that only touch the
+    store (`status`, `kill-switch`), which must work where the market password cannot be read."""
     env = os.environ if environ is None else environ
     document = _read_yaml(path)
     try:
@@ -184,9 +192,10 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> LoadedConfig:
     except Invalid as exc:
         raise ConfigError(path, list(exc.problems)) from None
     problems = _check(config)
-    password: Secret | None = None
+    password: Secret | None = None if secrets else Secret("")
     try:
-        password = resolve_secret(config.market.password, path.parent, env)
+        if secrets:
+            password = resolve_secret(config.market.password, path.parent, env)
     except Invalid as exc:
         problems += [p.under(("market", "password")) for p in exc.problems]
     ca_bundle: Path | None = None
@@ -208,7 +217,7 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> LoadedConfig:
             paths[name] = _relative(_expand(value, env), path.parent)
         except Invalid as exc:
             problems += [p.under(loc) for p in exc.problems]
-    meters, secrets = _meters(config, path.parent, env, problems)
+    meters, meter_secrets = _meters(config, path.parent, env, problems, resolve=secrets)
     located = [(path, p) for p in problems]
     strategies: list[StrategySpec] = []
     config_dir, code_dir = paths.get("config_dir"), paths.get("code_dir")
@@ -232,6 +241,7 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> LoadedConfig:
         ca_bundle=ca_bundle,
         timeout_s=config.market.timeout_s,
         ping_interval_s=config.market.ping_interval_s,
+        max_book_message_bytes=config.market.max_book_message_bytes,
     )
     return LoadedConfig(
         path=path,
@@ -242,12 +252,17 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> LoadedConfig:
         record_path=paths["record"],
         kill_switch_file=paths["kill_switch"],
         meters=tuple(meters),
-        meter_secrets=secrets,
+        meter_secrets=meter_secrets,
     )
 
 
 def _meters(
-    config: FlexbotConfig, base: Path, env: Mapping[str, str], problems: list[Problem]
+    config: FlexbotConfig,
+    base: Path,
+    env: Mapping[str, str],
+    problems: list[Problem],
+    *,
+    resolve: bool = True,
 ) -> tuple[list[MeterSettings], dict[str, str | None]]:
     """Each meter's source read by its type; secrets resolved; problems located."""
     meters: list[MeterSettings] = []
@@ -271,7 +286,7 @@ def _meters(
         except Invalid as exc:
             problems += [p.under((*loc, "source")) for p in exc.problems]
             continue
-        if isinstance(source, MqttSettings) and source.password is not None:
+        if resolve and isinstance(source, MqttSettings) and source.password is not None:
             try:
                 secrets[entry.id] = resolve_secret(source.password, base, env).reveal()
             except Invalid as exc:
@@ -379,10 +394,13 @@ def _check(config: FlexbotConfig) -> list[Problem]:
         problems.append(Problem(loc, msg))
 
     market = config.market
-    if not market.url.startswith(("https://", "http://")):
-        bad(("market", "url"), f"expected https://host[:port], got {market.url!r}")
+    url_problem = http_url_problem(market.url)
+    if url_problem is not None:
+        bad(("market", "url"), url_problem)
     if not market.username:
         bad(("market", "username"), "must not be empty")
+    if market.max_book_message_bytes < 1024:
+        bad(("market", "max_book_message_bytes"), "must be at least 1024")
     for name in ("timeout_s", "ping_interval_s"):
         if not (getattr(market, name) > 0 and math.isfinite(getattr(market, name))):
             bad(("market", name), "must be a finite number of seconds greater than 0")

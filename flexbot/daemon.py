@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
@@ -37,7 +38,7 @@ from flexbot.engine.recording import Recorder
 from flexbot.market.feed import MarketFeed
 from flexbot.market.session import MarketSession, connect
 from flexbot.meters.hub import MeterHub, sold_power
-from flexbot.store import AsyncStore, Store
+from flexbot.store import AsyncStore, Store, StoreError, StoreFailed, failure, is_store_fault, lock
 from flexbot.systemd import Notifier
 from flexbot.verification import VerificationSettings, Verifier
 
@@ -61,13 +62,39 @@ async def market_clock(market: MarketSession, mode: str) -> MarketClock:
     return clock
 
 
-@asynccontextmanager
-async def open_store(loaded: config.LoadedConfig) -> AsyncIterator[AsyncStore]:
-    store = Store.open(loaded.store_path)
-    try:
-        yield AsyncStore(store)
-    finally:
-        store.close()
+async def usable_store(path: Path, notify: Notifier) -> Store:
+    """The store, open and proven writable. A fault that may pass (a full disk, an I/O error) is
+    waited out here, in start-up, logged once per attempt: an operator or log rotation may free
+    the disk, and a daemon that kept exiting would soon hit systemd's start limit. A fault that
+    no wait fixes (a damaged file, a store from a newer flexbot) is raised."""
+    delay_s = 1.0
+    while True:
+        at = wire.format_datetime(datetime.now(UTC))
+        try:
+            store = await trio.to_thread.run_sync(Store.open, path)
+            try:
+                await trio.to_thread.run_sync(store.set_flag, lock.STARTED_FLAG, at, at)
+            except BaseException:
+                store.close()
+                raise
+        except sqlite3.Error as exc:
+            if not is_store_fault(exc):
+                raise
+            problem = failure(exc, path)
+        except StoreError as exc:
+            problem = exc
+        else:
+            return store
+        if not problem.retry_may_fix:
+            raise problem
+        log.error("store.unwritable", reason=str(problem), retry_in_s=delay_s)
+        # Type=notify: extend the start timeout while we wait, rather than be killed by it.
+        notify.notify(
+            "STATUS=waiting for the store to take writes",
+            f"EXTEND_TIMEOUT_USEC={int((delay_s + 30) * 1_000_000)}",
+        )
+        await trio.sleep(delay_s)
+        delay_s = min(delay_s * 2, 60.0)
 
 
 @define
@@ -140,25 +167,78 @@ async def _run(
     finished: Callable[[Parts], Awaitable[None]] | None,
     notify: Notifier,
 ) -> int:
-    with trio.CancelScope() as starting:
-        control.starting = starting
-        if control.stop.is_set():
-            starting.cancel()
-        # The keeper lives within the store's lifetime: a SIGUSR1 during start-up is latched there.
-        async with (
-            open_store(loaded) as store,
-            connect(loaded.connection, login=False) as market,
-            trio.open_nursery() as keeper,
-        ):
-            keeper.start_soon(_latch_when_wanted, control, store)
-            try:
+    # The store's lock first, for the process's life: a second daemon on this store stops here,
+    # having touched nothing, and the first one's orders stay its own.
+    with lock.hold(loaded.store_path):
+        with trio.CancelScope() as waiting:
+            control.starting = waiting
+            if control.stop.is_set():
+                waiting.cancel()
+            sync_store = await usable_store(loaded.store_path, notify)
+        if waiting.cancelled_caught:
+            log.info("daemon.stopped", during="start-up")
+            return 0
+        try:
+            return await _run_with(
+                loaded, control, AsyncStore(sync_store), clock, started, finished, notify
+            )
+        finally:
+            sync_store.close()
+
+
+async def _run_with(
+    loaded: config.LoadedConfig,
+    control: Control,
+    store: AsyncStore,
+    clock: MarketClock | None,
+    started: Callable[[Parts, trio.Nursery], None] | None,
+    finished: Callable[[Parts], Awaitable[None]] | None,
+    notify: Notifier,
+) -> int:
+    # The keeper lives within the store's lifetime: a SIGUSR1 during start-up is latched there.
+    async with (
+        connect(loaded.connection, login=False) as market,
+        trio.open_nursery() as keeper,
+    ):
+        keeper.start_soon(_latch_when_wanted, control, store)
+        try:
+            with trio.CancelScope() as starting:
+                control.starting = starting
+                if control.stop.is_set():
+                    starting.cancel()
                 return await _trade(
                     loaded, control, store, market, clock, started, finished, notify
                 )
-            finally:
-                keeper.cancel_scope.cancel()
+            # A stop during start-up: nothing traded yet, but orders of the last run may be live.
+            if loaded.config.engine.cancel_on_shutdown:
+                await _cancel_restored(store, market, control.stop_now)
+        finally:
+            keeper.cancel_scope.cancel()
     log.info("daemon.stopped", during="start-up")
     return 0
+
+
+async def _cancel_restored(store: AsyncStore, market: MarketSession, stop_now: trio.Event) -> None:
+    """`cancel_on_shutdown` for a start-up cut short: the orders the journal holds as open are
+    cancelled (logging in if the stop came before the login), bounded in time and by a second
+    signal. Their news is journalled by the next run's reconciliation."""
+    tracker = await OrderTracker.restore(store)
+    ids = [i.order_id for i in tracker.live() if i.order_id is not None and not i.dry_run]
+    if not ids:
+        return
+    cancelled = 0
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_cut_short, stop_now, nursery.cancel_scope)
+        with trio.move_on_after(SHUTDOWN_TIMEOUT_S):
+            results = await market.client.cancel_many(ids)
+            cancelled = sum(1 for r in results if r.error is None)
+        nursery.cancel_scope.cancel()
+    log.info("daemon.cancelled_on_shutdown", during="start-up", open=len(ids), cancelled=cancelled)
+
+
+async def _cut_short(stop_now: trio.Event, scope: trio.CancelScope) -> None:
+    await stop_now.wait()
+    scope.cancel()
 
 
 async def _trade(
@@ -184,6 +264,7 @@ async def _trade(
     recorder = Recorder(loaded.record_path, clock.now) if loaded.record_path is not None else None
     if recorder is not None:
         parts.feed = market.feed(orders=parts.tracker, recorder=recorder)
+    failed: StoreFailed | None = None
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(market.tokens.run)
@@ -221,11 +302,47 @@ async def _trade(
             if finished is not None:
                 await finished(parts)
             nursery.cancel_scope.cancel()
+    except* StoreFailed as group:
+        failed = _first_failure(group)
     finally:
         if recorder is not None:
             recorder.close()
+    if failed is not None:
+        await _halt(parts, failed)
+        raise failed
     log.info("daemon.stopped")
     return 0
+
+
+def _first_failure(group: BaseExceptionGroup[StoreFailed]) -> StoreFailed:
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    assert isinstance(leaf, StoreFailed)
+    return leaf
+
+
+async def _halt(parts: Parts, failure: StoreFailed) -> None:
+    """The store failed while trading: nothing more can be journalled, so nothing more may be
+    sent but cancels. Every open order of ours is cancelled while the market is reachable (an
+    order we could no longer follow must not stay live); the engine and its strategies are
+    already stopped. One event says what happened and what was done; the exit status then says
+    whether a restart may help (see `flexbot.commands.run`)."""
+    live = [i for i in parts.tracker.live() if not i.dry_run]
+    ids = [i.order_id for i in live if i.order_id is not None]
+    cancelled = 0
+    with trio.move_on_after(SHUTDOWN_TIMEOUT_S):
+        results = await parts.market.client.cancel_many(ids)
+        cancelled = sum(1 for r in results if r.error is None)
+    log.critical(
+        "store.failed",
+        reason=str(failure),
+        retry_may_fix=failure.retry_may_fix,
+        open_orders=len(ids),
+        cancelled=cancelled,
+        unresolved=len(live) - len(ids),
+        action="trading halted, open orders cancelled; the daemon exits",
+    )
 
 
 async def _latch_when_wanted(control: Control, store: AsyncStore) -> None:
@@ -329,12 +446,7 @@ async def _graceful_stop(parts: Parts, stop_now: trio.Event) -> None:
     """Strategies stopped, orders cancelled (if configured), the outbox drained: bounded in time,
     and cut short by a second signal."""
     async with trio.open_nursery() as stopper:
-
-        async def cut_short() -> None:
-            await stop_now.wait()
-            stopper.cancel_scope.cancel()
-
-        stopper.start_soon(cut_short)
+        stopper.start_soon(_cut_short, stop_now, stopper.cancel_scope)
         with trio.move_on_after(SHUTDOWN_TIMEOUT_S) as bounded:
             await parts.engine.shutdown()
             pending = await parts.verifier.drain()  # what is due goes out now; the rest waits

@@ -13,6 +13,7 @@ own, never the process-global one.
 | flexbot_filled_power_watts | gauge | strategy, side (power of all contracts) |
 | flexbot_risk_rejections_total | counter | limit |
 | flexbot_ws_{connects,disconnects,messages}_total | counter | endpoint |
+| flexbot_ws_messages_too_big_total | counter | endpoint (links closed 1009, message too big) |
 | flexbot_ws_connected | gauge | endpoint |
 | flexbot_ticker_dropped_total | counter | |
 | flexbot_token_grants_total | counter | |
@@ -45,6 +46,7 @@ from flexbot.strategy import IntentState
 
 if TYPE_CHECKING:
     from flexbot.daemon import Parts
+    from flexbot.market.feed import MarketFeed
 
 log = logs.get_logger("flexbot.metrics")
 
@@ -133,24 +135,7 @@ class Metrics(Collector):
         yield alarms
 
     def _streams(self, parts: Parts) -> Iterator[Metric]:
-        families = {
-            name: CounterMetricFamily(
-                f"flexbot_ws_{name}", f"WebSocket {name}", labels=["endpoint"]
-            )
-            for name in ("connects", "disconnects", "messages")
-        }
-        connected = GaugeMetricFamily("flexbot_ws_connected", "Link up", labels=["endpoint"])
-        for endpoint, consumer in parts.feed.consumers.items():
-            stats = consumer.stats
-            families["connects"].add_metric([str(endpoint)], stats.connects)
-            families["disconnects"].add_metric([str(endpoint)], stats.disconnects)
-            families["messages"].add_metric([str(endpoint)], stats.frames)
-            connected.add_metric([str(endpoint)], 1 if consumer.connected else 0)
-        yield from families.values()
-        yield connected
-        yield CounterMetricFamily(
-            "flexbot_ticker_dropped", "Ticker events dropped", value=parts.feed.ticker.dropped
-        )
+        yield from stream_metrics(parts.feed)
 
     async def refresh_outbox(self, every_s: float = 5.0) -> None:
         while True:
@@ -177,3 +162,30 @@ class Metrics(Collector):
             binds: list[str] = await nursery.start(partial(serve, app, config))
             log.info("metrics.listening", address=binds[0])
             task_status.started(binds[0])
+
+
+def stream_metrics(feed: MarketFeed) -> Iterator[Metric]:
+    """The WebSocket figures, read from the feed's consumers at scrape time."""
+    help_texts = {
+        "connects": "WebSocket connects",
+        "disconnects": "WebSocket disconnects",
+        "messages": "WebSocket messages",
+        "messages_too_big": "WebSocket links closed (1009) for a message over the size limit",
+    }
+    families = {
+        name: CounterMetricFamily(f"flexbot_ws_{name}", text, labels=["endpoint"])
+        for name, text in help_texts.items()
+    }
+    connected = GaugeMetricFamily("flexbot_ws_connected", "Link up", labels=["endpoint"])
+    for endpoint, consumer in feed.consumers.items():
+        stats = consumer.stats
+        families["connects"].add_metric([str(endpoint)], stats.connects)
+        families["disconnects"].add_metric([str(endpoint)], stats.disconnects)
+        families["messages"].add_metric([str(endpoint)], stats.frames)
+        families["messages_too_big"].add_metric([str(endpoint)], stats.too_big)
+        connected.add_metric([str(endpoint)], 1 if consumer.connected else 0)
+    yield from families.values()
+    yield connected
+    yield CounterMetricFamily(
+        "flexbot_ticker_dropped", "Ticker events dropped", value=feed.ticker.dropped
+    )

@@ -52,3 +52,23 @@ def raise_if_any(problems: Iterable[Problem]) -> None:
     found = list(problems)
     if found:
         raise Invalid(found)
+
+
+def http_url_problem(value: object) -> str | None:
+    """What is wrong with an http(s) URL that flexbot will request (None: nothing): a scheme, a
+    host, a port in range, no blanks. The message never repeats the URL: it may hold credentials.
+    """
+    import httpx  # only where a URL is checked: a config load, not every import of this module
+
+    expected = "expected http://host[:port][/path] or https://…"
+    if not isinstance(value, str) or any(c.isspace() for c in value):
+        return f"{expected} (no blanks)"
+    try:
+        url = httpx.URL(value)
+    except httpx.InvalidURL as exc:
+        return f"not a usable URL ({exc}): {expected}"
+    if url.scheme not in ("http", "https") or not url.host:
+        return expected
+    if url.port is not None and not 0 < url.port < 65536:
+        return f"port {url.port} is out of range: {expected}"
+    return None

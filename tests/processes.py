@@ -16,9 +16,12 @@ from pathlib import Path
 import attrs
 import pytest
 
+from flexbot.sandbox.app import ADMIN_HEADER
 from flexbot.sandbox.launch import SandboxDidNotStart, child_env, launched_sandbox
+from flexbot.sandbox.market import ADMIN_TOKEN_ENV
 
 __all__ = [
+    "ADMIN_HEADERS",
     "READY_S",
     "ROOT",
     "Market",
@@ -30,6 +33,9 @@ __all__ = [
 
 ROOT = Path(__file__).parents[1]
 READY_S = 15  # the interpreter and its imports start on a shared CI machine
+# The sandbox's operator token, for the tests that switch its faults over HTTP.
+ADMIN_TOKEN = "test-admin-token"
+ADMIN_HEADERS = {ADMIN_HEADER: ADMIN_TOKEN}
 
 
 def free_port() -> int:
@@ -56,11 +62,15 @@ class Market:
 
 @contextmanager
 def sandbox_process(logs: Path, *extra: str) -> Iterator[Market]:
-    """`flexbot sandbox` with users alice and bob (and `extra` arguments)."""
+    """`flexbot sandbox` with users alice and bob (and `extra` arguments); its faults change over
+    HTTP with `ADMIN_HEADERS`."""
     args = ("--user=alice:alice-pw", "--user=bob:bob-pw", *extra, "--log-format", "json")
+    env = {ADMIN_TOKEN_ENV: ADMIN_TOKEN}
     # Its graceful shutdown is tested elsewhere: a test does not wait it out.
     try:
-        with launched_sandbox(*args, logs=logs, ready_s=READY_S, stop_s=1.0, cwd=ROOT) as running:
+        with launched_sandbox(
+            *args, logs=logs, ready_s=READY_S, stop_s=1.0, cwd=ROOT, env=env
+        ) as running:
             yield Market(running.process, running.port)
     except SandboxDidNotStart as exc:
         pytest.fail(str(exc))

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flexbot import config
+from flexbot.problems import http_url_problem
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD: dict[str, Any] = {
@@ -70,7 +71,10 @@ def test_a_systemd_credential_path_expands_its_variable(tmp_path: Path) -> None:
         ({"password": "hunter2"}, "$.market.password: write secrets by reference"),
         ({"password": "${NOPE}"}, "$.market.password: environment variable NOPE is not set"),
         ({"password": "file:missing"}, "$.market.password: cannot read"),
-        ({"url": "ftp://x"}, "$.market.url: expected https://host[:port]"),
+        ({"url": "ftp://x"}, "$.market.url: expected http://host[:port]"),
+        ({"url": "http://[::1"}, "$.market.url: not a usable URL"),
+        ({"url": "http://h:99999"}, "$.market.url: port 99999 is out of range"),
+        ({"url": "https:///nohost"}, "$.market.url: expected http://host[:port]"),
         ({"username": ""}, "$.market.username: must not be empty"),
         ({"timeout_s": "abc"}, "$.market.timeout_s: expected a number, got the string 'abc'"),
         ({"timeout_s": 0}, "$.market.timeout_s: must be a finite number of seconds greater than 0"),
@@ -89,6 +93,28 @@ def test_a_bad_market_section_is_located(
     lines = problems_of(path)
     assert any(line.startswith(f"{path}: {expected}") for line in lines), lines
     assert not any("hunter2" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://[::1", "htp:/x", "http://h:99999/x", "http:///path", "http://a b/", ""]
+)
+def test_a_meter_url_the_poller_could_not_request_is_located(tmp_path: Path, url: str) -> None:
+    """Seen: `check-config` said valid, and `flexbot run` then died with a traceback."""
+    meter = {"id": "m", "location_id": "site-1", "source": {"type": "http", "url": url}}
+    path = write(tmp_path, {**GOOD, "meters": [meter]})
+    lines = problems_of(path)
+    assert any(line.startswith(f"{path}: $.meters[0].source.url: ") for line in lines), lines
+
+
+@given(
+    host=st.from_regex(r"[a-z][a-z0-9-]{0,20}(\.[a-z]{2,6}){0,2}", fullmatch=True),
+    port=st.one_of(st.none(), st.integers(1, 65535)),
+    scheme=st.sampled_from(["http", "https"]),
+    path=st.from_regex(r"(/[A-Za-z0-9._~-]{0,12}){0,3}", fullmatch=True),
+)
+def test_any_usable_http_url_passes(host: str, port: int | None, scheme: str, path: str) -> None:
+    netloc = host if port is None else f"{host}:{port}"
+    assert http_url_problem(f"{scheme}://{netloc}{path}") is None
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:

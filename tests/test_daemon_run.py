@@ -21,7 +21,15 @@ import yaml
 
 from flexbot import model, wire
 from flexbot.strategy import Window, flat_baseline
-from tests.processes import READY_S, ROOT, Market, child_env, free_port, sandbox_process
+from tests.processes import (
+    ADMIN_HEADERS,
+    READY_S,
+    ROOT,
+    Market,
+    child_env,
+    free_port,
+    sandbox_process,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -214,7 +222,9 @@ def test_signals_during_start_up_stop_cleanly_and_keep_the_kill_switch(
     the next run starts with the kill switch engaged."""
     config = write_config(tmp_path, market, limit_price=0.30)
     faults = f"{market.url}/sandbox/faults"
-    httpx.post(faults, json={"token_fail_for": 60}, timeout=5).raise_for_status()
+    httpx.post(
+        faults, json={"token_fail_for": 60}, headers=ADMIN_HEADERS, timeout=5
+    ).raise_for_status()
     try:
         daemon = Daemon(config, tmp_path / "first.log")
         try:
@@ -232,7 +242,9 @@ def test_signals_during_start_up_stop_cleanly_and_keep_the_kill_switch(
         assert daemon.events()[-1]["event"] == "daemon.stopped"
         assert daemon.events()[-1]["during"] == "start-up"
     finally:
-        httpx.post(faults, json={"token_fail_for": 0}, timeout=5).raise_for_status()
+        httpx.post(
+            faults, json={"token_fail_for": 0}, headers=ADMIN_HEADERS, timeout=5
+        ).raise_for_status()
     again = Daemon(config, tmp_path / "second.log")
     try:
         again.wait_event("daemon.ready")

@@ -37,10 +37,11 @@ from flexbot.engine.orders import (
     Intent,
     OrderTracker,
     fingerprint,
+    fingerprint_key,
     lapse_due,
     matches,
 )
-from flexbot.store import AsyncStore, Store
+from flexbot.store import OPERATOR, AsyncStore, JournalRow, Store
 from flexbot.strategy import IntentState, Position, Window
 from tests import strategies_model as sm
 
@@ -748,6 +749,9 @@ async def test_restore_from_a_real_journal(tmp_path: Path) -> None:
             if new.order_id is not None:
                 assert restored.by_order_id(new.order_id) is new
         assert back[made["pending"].client_id].state is S.UNKNOWN
+        # ... and the journal says so too (what `flexbot status` reads).
+        rows = {r.client_id: r for r in reopened.sync.orders()}
+        assert rows[made["pending"].client_id].state == "unknown"
         assert dict(restored.open_orders()) == open_before
         # The restored tracker still refuses a duplicate of an unresolved intent.
         with pytest.raises(DuplicateIntent):
@@ -776,17 +780,79 @@ async def test_an_order_of_an_intent_let_go_of_is_never_claimed_again(tmp_path: 
         restored = await OrderTracker.restore(store)
         again = await restored.new_intent("s", "1", a_request(), NOW)
         await restored.set_state(again, S.UNKNOWN, NOW, "timeout")
-        assert await restored.unclaimed([report]) == []
+        assert (await restored.unclaimed([report])).free == []
         assert await restored.apply_order(report, NOW) == []
         assert again.state is S.UNKNOWN
         assert again.order_id is None
         # Its own order, when it shows up, is claimed as before.
         mine = echo(again.request, "m-new")
-        assert await restored.unclaimed([report, mine]) == [mine]
+        assert (await restored.unclaimed([report, mine])).free == [mine]
         [change] = await restored.apply_order(mine, NOW)
         assert change.order.client_id == again.client_id
     finally:
         store.sync.close()
+
+
+def operator_row(request: model.OrderRequest, order_id: str | None = None) -> JournalRow:
+    """An order placed by hand (`flexbot orders place`), as it journals it."""
+    at = wire.format_datetime(NOW)
+    return JournalRow(
+        client_id=f"op-{order_id}",
+        strategy="operator",
+        strategy_version="-",
+        fingerprint=fingerprint_key(request),
+        request=wire.dumps(request).decode(),
+        state="open" if order_id else "pending",
+        created_at=at,
+        updated_at=at,
+        order_id=order_id,
+        following=False,
+        origin=OPERATOR,
+    )
+
+
+async def test_an_operators_order_is_never_claimed_nor_restored(tmp_path: Path) -> None:
+    """Seen: an order placed by hand, identical to an unknown intent, was claimed by it; the kill
+    switch then cancelled the operator's order and left the daemon's own live."""
+    store = AsyncStore(Store.open(tmp_path / "j.db"))
+    try:
+        tracker = OrderTracker(store)
+        request = a_request()
+        store.sync.journal(operator_row(request, "m-operator"))  # placed, its id journalled
+        store.sync.journal(operator_row(a_request(price=Decimal("0.3"))))  # still on its way
+        intent = await tracker.new_intent("s", "1", request, NOW)
+        await tracker.set_state(intent, S.UNKNOWN, NOW, "timeout")
+
+        operators = echo(request, "m-operator")
+        assert (await tracker.unclaimed([operators])).free == []
+        assert await tracker.apply_order(operators, NOW) == []
+        assert intent.state is S.UNKNOWN
+
+        # Identical to the operator's order in flight: nobody's until the operator's answer is in.
+        twin = echo(a_request(price=Decimal("0.3")), "m-twin")
+        sorted_out = await tracker.unclaimed([twin])
+        assert (sorted_out.free, sorted_out.ambiguous) == ([], [twin])
+
+        # The daemon's own order is still claimed, and the journal restores only the daemon's.
+        mine = echo(request, "m-mine")
+        [change] = await tracker.apply_order(mine, NOW)
+        assert change.order.client_id == intent.client_id
+        restored = await OrderTracker.restore(store)
+        assert [i.client_id for i in restored] == [intent.client_id]
+    finally:
+        store.sync.close()
+
+
+async def test_an_order_created_before_the_intent_is_not_its_own() -> None:
+    """Found while testing the above: an identical order of an earlier run (a listing shows
+    finished orders too) was claimed by a new unknown intent."""
+    tracker = OrderTracker(None)
+    intent = await tracker.new_intent("s", "1", a_request(), NOW)
+    await tracker.set_state(intent, S.UNKNOWN, NOW, "timeout")
+    older = attrs.evolve(echo(intent.request, "m-old"), created_at=NOW - timedelta(minutes=5))
+    assert tracker.claim(older) is None
+    skewed = attrs.evolve(echo(intent.request, "m-new"), created_at=NOW - timedelta(seconds=2))
+    assert tracker.claim(skewed) is intent  # within the clocks' skew
 
 
 async def test_a_report_that_outruns_the_answer_is_never_dropped(tmp_path: Path) -> None:

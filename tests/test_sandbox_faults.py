@@ -61,10 +61,15 @@ DEFAULTS = wire.CONVERTER.unstructure(FaultSettings())
 
 @pytest.fixture
 def market_settings(request: pytest.FixtureRequest) -> MarketSettings:
-    """No rate limit (the manual wall clock never refills the buckets); overrides come from an
-    indirect parametrization with a dict."""
+    """No rate limit (the manual wall clock never refills the buckets); faults switchable over
+    HTTP without the admin token; overrides come from an indirect parametrization with a dict."""
     overrides: dict[str, Any] = getattr(request, "param", {})
-    base: dict[str, Any] = {"users": USERS, "seed": 7, "rate_limit": None}
+    base: dict[str, Any] = {
+        "users": USERS,
+        "seed": 7,
+        "rate_limit": None,
+        "faults_switchable": True,
+    }
     return MarketSettings(**(base | overrides))
 
 

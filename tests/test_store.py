@@ -24,7 +24,6 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flexbot import store as store_module
 from flexbot.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -33,6 +32,7 @@ from flexbot.store import (
     Store,
     StoreError,
 )
+from flexbot.store import schema as store_schema
 
 T0 = "2026-11-23T10:00:00+00:00"
 T1 = "2026-11-23T10:00:01+00:00"
@@ -255,8 +255,7 @@ def test_an_older_store_is_migrated_forward(
     old.close()
 
     newer = (*MIGRATIONS, "ALTER TABLE orders ADD COLUMN note TEXT; -- a later flexbot's column")
-    monkeypatch.setattr(store_module, "MIGRATIONS", newer)
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", len(newer))
+    monkeypatch.setattr(store_schema, "MIGRATIONS", newer)
 
     migrated = Store.open(path)
     try:
@@ -280,8 +279,7 @@ def test_a_failing_migration_leaves_the_store_at_its_old_version(
     old.close()
 
     broken = (*MIGRATIONS, "ALTER TABLE orders ADD COLUMN note TEXT; ALTER TABLE nope ADD x TEXT")
-    monkeypatch.setattr(store_module, "MIGRATIONS", broken)
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", len(broken))
+    monkeypatch.setattr(store_schema, "MIGRATIONS", broken)
     with pytest.raises(StoreError, match="nope"):
         Store.open(path)
 
@@ -308,7 +306,9 @@ def test_a_file_that_is_not_sqlite_is_refused(tmp_path: Path, content: bytes) ->
         Store.open(path)
     error = caught.value
     assert str(path) in str(error)
-    assert "cannot open the store" in str(error)
+    assert "the store is damaged" in str(error)
+    assert f"sqlite3 {path} .recover" in str(error)  # what to do
+    assert not error.retry_may_fix
     assert error.__cause__ is None
     assert error.__suppress_context__  # no sqlite3 traceback chained under it
     assert type(error) is StoreError
@@ -318,7 +318,7 @@ def test_a_file_that_is_not_sqlite_is_refused(tmp_path: Path, content: bytes) ->
 def test_a_directory_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "flexbot.db"
     path.mkdir()
-    with pytest.raises(StoreError, match="cannot open the store") as caught:
+    with pytest.raises(StoreError, match="cannot be used") as caught:
         Store.open(path)
     assert str(path) in str(caught.value)
 

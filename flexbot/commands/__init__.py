@@ -45,10 +45,11 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_config(path: Path) -> config.LoadedConfig | None:
-    """The config, or None after printing every located problem on stderr."""
+def load_config(path: Path, *, secrets: bool = True) -> config.LoadedConfig | None:
+    """The config, or None after printing every located problem on stderr. `secrets=False`: for
+    the commands that only touch the store, which need no password."""
     try:
-        return config.load(path)
+        return config.load(path, secrets=secrets)
     except config.ConfigError as exc:
         for line in exc.lines:
             print(line, file=sys.stderr)

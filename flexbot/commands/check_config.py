@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from flexbot.commands import add_config_option, add_log_format, load_config
+from flexbot.redaction import redact_url
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -20,7 +21,8 @@ def run(args: argparse.Namespace) -> int:
     if loaded is None:
         return 2
     market = loaded.config.market
-    print(f"{args.config}: valid; market {market.url} as {market.username}, password resolved")
+    where = redact_url(market.url)  # a URL may carry credentials (https://user:pass@host)
+    print(f"{args.config}: valid; market {where} as {market.username}, password resolved")
     for spec in loaded.strategies:
         modes = [m for m, on in (("disabled", not spec.enabled), ("dry run", spec.dry_run)) if on]
         suffix = f" ({', '.join(modes)})" if modes else ""

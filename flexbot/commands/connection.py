@@ -16,6 +16,7 @@ from flexbot import config
 from flexbot.commands import UsageError
 from flexbot.commands.argtypes import positive_float
 from flexbot.market import ConnectionSettings, CredentialsMissing, Secret, resolve_password
+from flexbot.redaction import redact_url
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -56,7 +57,7 @@ def settings(args: argparse.Namespace, *, login: bool = True) -> ConnectionSetti
         args.url or (base.url if base else None) or os.environ.get("FLEXBOT_URL", DEFAULT_URL)
     )
     if not url.startswith(("http://", "https://")):
-        raise UsageError(f"--url {url!r}: expected http://… or https://…")
+        raise UsageError(f"--url {redact_url(url)!r}: expected http://… or https://…")
     user = args.user or (base.username if base else None) or os.environ.get("FLEXBOT_USER")
     ca_bundle = args.ca_bundle or (base.ca_bundle if base else None)
     if ca_bundle is not None and not ca_bundle.is_file():

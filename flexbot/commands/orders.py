@@ -18,8 +18,9 @@ from decimal import Decimal, InvalidOperation
 import orjson
 import trio
 
-from flexbot import model, rules, wire
+from flexbot import config, model, rules, wire
 from flexbot.commands import UsageError, add_log_format, connection
+from flexbot.commands.operator_journal import OperatorJournal, TwinInFlight
 from flexbot.market import (
     AuthFailed,
     ConnectionSettings,
@@ -29,6 +30,7 @@ from flexbot.market import (
     OutcomeUnknown,
     connect,
 )
+from flexbot.store import StoreError
 
 MAY_EXIST = (
     "flexbot orders place: {}. The order may exist: check `flexbot orders list` before placing "
@@ -70,13 +72,37 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run(args: argparse.Namespace) -> int:
     settings = connection.settings(args)
     request = _order_request(args, datetime.now(UTC)) if args.action == "place" else None
-    return trio.run(_run, args, settings, request)
+    journal = _journal(args) if request is not None else None
+    try:
+        return trio.run(_run, args, settings, request, journal)
+    finally:
+        if journal is not None:
+            journal.close()
+
+
+def _journal(args: argparse.Namespace) -> OperatorJournal | None:
+    """The daemon's journal, when a config names it (`--config` or FLEXBOT_CONFIG)."""
+    if args.config is None:
+        print(
+            "flexbot orders place: no --config (or FLEXBOT_CONFIG) names the daemon's store, so "
+            "this order is not journalled: a daemon trading on this account cannot tell it from "
+            "its own",
+            file=sys.stderr,
+        )
+        return None
+    try:
+        return OperatorJournal.open(config.load(args.config).store_path)
+    except config.ConfigError as exc:  # read once already by connection.settings
+        raise UsageError("invalid config:\n" + "\n".join(exc.lines)) from None
+    except StoreError as exc:
+        raise UsageError(f"cannot journal the order: {exc}") from None
 
 
 async def _run(
     args: argparse.Namespace,
     settings: ConnectionSettings,
     request: model.OrderRequest | None,
+    journal: OperatorJournal | None = None,
 ) -> int:
     try:
         async with connect(settings, login=False) as session:
@@ -90,18 +116,7 @@ async def _run(
                 print(orjson.dumps(wire.unstructure(order), option=orjson.OPT_INDENT_2).decode())
             elif args.action == "place":
                 assert request is not None
-                try:
-                    order = await client.submit_order(request)
-                except (KeyboardInterrupt, trio.Cancelled):
-                    print(
-                        MAY_EXIST.format("interrupted while the order was on its way"),
-                        file=sys.stderr,
-                    )
-                    raise
-                except OutcomeUnknown as exc:
-                    print(MAY_EXIST.format(exc), file=sys.stderr)
-                    return 1
-                print(_line(order))
+                return await _place(client, request, journal)
             else:
                 ids = args.order_ids if args.action == "cancel" else await _open_ids(client)
                 failed = 0
@@ -118,6 +133,47 @@ async def _run(
         print(f"flexbot orders {args.action}: the market said: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+async def _place(
+    client: MarketClient, request: model.OrderRequest, journal: OperatorJournal | None
+) -> int:
+    """Journalled before it is sent (see `operator_journal`), its outcome after."""
+    client_id = None
+    if journal is not None:
+        try:
+            client_id = journal.before_send(request, datetime.now(UTC))
+        except TwinInFlight as exc:
+            raise UsageError(str(exc)) from None
+        except StoreError as exc:  # nothing was sent
+            raise UsageError(f"cannot journal the order, not sent: {exc}") from None
+
+    def note(outcome: str, order: model.Order | None = None, reason: str = "") -> bool:
+        """The outcome into the journal; False (said on stderr) if the store refused it."""
+        if journal is None or client_id is None:
+            return True
+        try:
+            journal.outcome(client_id, outcome, datetime.now(UTC), order=order, reason=reason)
+        except StoreError as exc:  # the daemon stays careful: the order stays "in flight"
+            print(f"flexbot orders place: the outcome is not journalled: {exc}", file=sys.stderr)
+            return False
+        return True
+
+    try:
+        order = await client.submit_order(request)
+    except (KeyboardInterrupt, trio.Cancelled):
+        print(MAY_EXIST.format("interrupted while the order was on its way"), file=sys.stderr)
+        note("unknown", reason="interrupted while the order was on its way")
+        raise
+    except OutcomeUnknown as exc:
+        print(MAY_EXIST.format(exc), file=sys.stderr)
+        note("unknown", reason=str(exc))
+        return 1
+    except MarketError as exc:
+        note("rejected", reason=str(exc))
+        raise
+    print(_line(order))
+    return 0 if note("placed", order) else 1
 
 
 async def _login(session: MarketSession, settings: ConnectionSettings) -> None:

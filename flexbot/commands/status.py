@@ -9,6 +9,7 @@ reading.
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 import time
 from collections import Counter
@@ -18,7 +19,18 @@ from flexbot import config, model, wire
 from flexbot.commands import add_config_option, add_log_format, load_config
 from flexbot.engine import killswitch
 from flexbot.problems import Invalid
-from flexbot.store import JournalRow, Store, StoreError
+from flexbot.store import (
+    DAEMON,
+    OPERATOR,
+    JournalRow,
+    Store,
+    StoreError,
+    failure,
+    is_store_fault,
+    lock,
+)
+
+NOT_RUNNING = lock.Holder(held=False)
 
 RECENT_FILLS = 10
 
@@ -31,7 +43,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace) -> int:
-    loaded = load_config(args.config)
+    # The store only: works beside a running daemon, without the market password.
+    loaded = load_config(args.config, secrets=False)
     if loaded is None:
         return 2
     if not loaded.store_path.exists():
@@ -43,17 +56,32 @@ def run(args: argparse.Namespace) -> int:
         print(f"flexbot status: {exc}", file=sys.stderr)
         return 1
     try:
-        print("\n".join(report(loaded, store)))
+        print("\n".join(report(loaded, store, lock.holder(loaded.store_path))))
+    except sqlite3.Error as exc:
+        if not is_store_fault(exc):
+            raise
+        print(f"flexbot status: {failure(exc, loaded.store_path)}", file=sys.stderr)
+        return 1
     finally:
         store.close()
     return 0
 
 
-def report(loaded: config.LoadedConfig, store: Store) -> list[str]:
-    out = [f"store {loaded.store_path} (schema {store.schema_version})", ""]
-    out.append("strategies")
+def report(
+    loaded: config.LoadedConfig, store: Store, daemon: lock.Holder = NOT_RUNNING
+) -> list[str]:
+    out = [f"store {loaded.store_path} (schema {store.schema_version})"]
+    started = store.flag(lock.STARTED_FLAG)
+    if daemon.held:
+        out.append(f"daemon: running (pid {daemon.pid or '?'}, started {started or '?'})")
+    else:
+        last = f", last started {started}" if started else ""
+        out.append(f"daemon: not running{last}")
+    out += ["", "strategies"]
     for spec in loaded.strategies:
         mode = "disabled" if not spec.enabled else "dry run" if spec.dry_run else "live"
+        if mode == "live" and not daemon.held:
+            mode = "live when the daemon runs"
         out.append(f"  {spec.name:<16} {spec.cls.__name__} v{spec.version}, {mode}")
     latch = killswitch.latch_of(store)
     file = loaded.kill_switch_file
@@ -68,17 +96,28 @@ def report(loaded: config.LoadedConfig, store: Store) -> list[str]:
     ]
     out.append(f"kill switch: {'ENGAGED: ' + ', '.join(reasons) if reasons else 'not engaged'}")
     rows = store.orders()
-    orders = [(row, _order(row)) for row in rows]
-    live = [(row, order) for row, order in orders if row.state in ("pending", "open", "unknown")]
-    states = Counter(row.state for row, _ in live)
+    orders = [(row, _order(row)) for row in rows if row.origin == DAEMON]
+    live = [
+        (row, order, _state(row, daemon.held))
+        for row, order in orders
+        if row.state in ("pending", "open", "unknown")
+    ]
+    states = Counter(state for _, _, state in live)
     out += ["", f"open orders: {len(live)} ({_counts(states)})"]
-    for row, order in live:
+    for row, order, state in live:
         request = wire.decode(row.request, model.OrderRequest)
         status = str(order.status) if order else "-"
         out.append(
             f"  {row.strategy:<12} {request.side:<4} {request.delivery_start:%m-%d %H:%M} "
-            f"{request.power:>7} W @ {request.price:<7} {row.state:<8} {status:<22} "
+            f"{request.power:>7} W @ {request.price:<7} {state:<8} {status:<22} "
             f"{row.order_id or row.client_id}"
+        )
+    by_hand = [row for row in rows if row.origin == OPERATOR]
+    if by_hand:
+        in_flight = sum(1 for row in by_hand if row.order_id is None and row.state != "rejected")
+        out.append(
+            f"operator orders journalled: {len(by_hand)} ({in_flight} without a market id); "
+            "`flexbot orders list` shows their state"
         )
     fills = sorted(
         (
@@ -117,9 +156,15 @@ def report(loaded: config.LoadedConfig, store: Store) -> list[str]:
     if loaded.meters:
         out += ["", "meters"]
         for meter in loaded.meters:
-            last = store.last_reading_at(meter.id)
-            out.append(f"  {meter.id:<16} {meter.location_id:<12} last reading {last or 'none'}")
+            seen = store.last_reading_at(meter.id)
+            out.append(f"  {meter.id:<16} {meter.location_id:<12} last reading {seen or 'none'}")
     return out
+
+
+def _state(row: JournalRow, running: bool) -> str:
+    """A pending row of a daemon that is not running was cut off on its way: it may or may not
+    have reached the market, which is what `unknown` says (the next run resolves it)."""
+    return "unknown" if row.state == "pending" and not running else row.state
 
 
 def _order(row: JournalRow) -> model.Order | None:

@@ -38,8 +38,9 @@ from flexbot.engine.orders import (
     DuplicateIntent,
     Intent,
     OrderTracker,
+    Unclaimed,
+    could_be,
     lapse_due,
-    matches,
 )
 from flexbot.engine.paper import PaperBroker
 from flexbot.engine.risk import Exposure, OrderRate, Rejection, RiskLimits, TradingState, check
@@ -537,24 +538,31 @@ class Engine:
         listed = await self._list_orders()
         now = self.clock.now()
         started = trio.current_time()
-        found = await self.tracker.unclaimed(listed) if listed is not None else []
+        sorted_out = await self.tracker.unclaimed(listed) if listed is not None else Unclaimed([])
+        found = sorted_out.free
         for intent in self.tracker.unresolved():
             if intent.dry_run or intent.state is not IntentState.UNKNOWN:
                 continue  # paper, or resolved by /trade while an earlier one was saved
             if listed is not None:
                 found = [o for o in found if self.tracker.by_order_id(o.order_id) is None]
-                order = next((o for o in found if matches(intent.request, o)), None)
+                order = next((o for o in found if could_be(intent, o)), None)
                 if order is not None:
                     log.info("order.resolved", **_describe(intent), how="listing")
                     self._deliver([await self.tracker.placed(intent, order, now)])
                     continue
-                age = started - self._unknown_since.setdefault(intent.client_id, started)
-                if age >= self.settings.not_placed_after_s:
-                    reason = "not on the market: the unknown submission did not take effect"
-                    change = await self.tracker.set_state(intent, IntentState.REJECTED, now, reason)
-                    log.warning("order.not_placed", **_describe(intent))
-                    self._deliver([change])
-                    continue
+                if any(could_be(intent, o) for o in sorted_out.ambiguous):
+                    # Ours or the operator's: not "not placed"; wait for the operator's answer.
+                    log.info("order.ambiguous", **_describe(intent), like="an operator's order")
+                else:
+                    age = started - self._unknown_since.setdefault(intent.client_id, started)
+                    if age >= self.settings.not_placed_after_s:
+                        reason = "not on the market: the unknown submission did not take effect"
+                        change = await self.tracker.set_state(
+                            intent, IntentState.REJECTED, now, reason
+                        )
+                        log.warning("order.not_placed", **_describe(intent))
+                        self._deliver([change])
+                        continue
             if lapse_due(intent, now, timedelta(seconds=self.settings.lapse_grace_s)):
                 reason = "never seen on the market before its expiry"
                 change = await self.tracker.set_state(intent, IntentState.LAPSED, now, reason)

@@ -64,10 +64,28 @@ def fingerprint(thing: model.OrderRequest | model.Order) -> Fingerprint:
     )
 
 
+def fingerprint_key(thing: model.OrderRequest | model.Order) -> str:
+    """The fingerprint as the journal keeps it (a text column)."""
+    return orjson.dumps(fingerprint(thing), default=str).decode()
+
+
 def matches(request: model.OrderRequest, order: model.Order) -> bool:
     if fingerprint(request) != fingerprint(order):
         return False
     return order.expiry_time is None or order.expiry_time == request.expiry_time
+
+
+# How much earlier than the intent (market time) a market order may say it was created and still
+# be the intent's: the market's clock and ours differ by a little.
+CLOCK_SKEW = timedelta(seconds=5)
+
+
+def could_be(intent: Intent, order: model.Order) -> bool:
+    """`order` may be what `intent` became: it matches, and it was not created before the intent
+    was journalled (an identical order of an earlier run, or an operator's from before, is not)."""
+    if not matches(intent.request, order):
+        return False
+    return order.created_at is None or order.created_at >= intent.created_at - CLOCK_SKEW
 
 
 @define
@@ -109,7 +127,7 @@ class Intent:
             client_id=self.client_id,
             strategy=self.strategy,
             strategy_version=self.version,
-            fingerprint=orjson.dumps(fingerprint(self.request), default=str).decode(),
+            fingerprint=fingerprint_key(self.request),
             request=wire.dumps(self.request).decode(),
             created_at=wire.format_datetime(self.created_at),
             dry_run=self.dry_run,
@@ -153,6 +171,15 @@ _NOT_ON_THE_MARKET = frozenset({IntentState.UNKNOWN, IntentState.REJECTED, Inten
 
 
 @frozen
+class Unclaimed:
+    """Market orders no intent owns: `free` to claim, and `ambiguous` ones, identical to an
+    operator's order in flight, that nobody may claim yet."""
+
+    free: list[model.Order]
+    ambiguous: list[model.Order] = attrs.field(factory=list)
+
+
+@frozen
 class Change:
     """A change of one own order, for its strategy: the order, and the contract that changed."""
 
@@ -189,6 +216,8 @@ class OrderTracker:
                 intent.reason = "a paper order of an earlier run"
                 await tracker._save(intent, intent.created_at)
                 continue
+            if intent.state is not IntentState(row.state):  # PENDING, read back as UNKNOWN
+                await tracker._save(intent, intent.created_at)  # so `flexbot status` says so
             tracker._add(intent)
         return tracker
 
@@ -382,20 +411,32 @@ class OrderTracker:
         """The unresolved intent this market order is, by fingerprint (oldest first). The order
         must be nobody's yet (see `unclaimed`)."""
         for intent in self._unresolved.values():
-            if matches(intent.request, order):
+            if could_be(intent, order):
                 return intent
         return None
 
-    async def unclaimed(self, orders: Sequence[model.Order]) -> list[model.Order]:
+    async def unclaimed(self, orders: Sequence[model.Order]) -> Unclaimed:
         """Those of `orders` that no intent owns, in memory or in the journal: an order of an
-        intent let go of (finished, or from before a restart) is never claimed a second time."""
+        intent let go of (finished, or from before a restart) is never claimed a second time, and
+        neither is an operator's (`flexbot orders place` journals them). Of the rest, those that
+        may be an operator's order whose answer is not journalled yet are set apart: identical
+        orders cannot be told apart, so they are claimed by nobody until the operator's is."""
         fresh = [o for o in orders if o.order_id not in self._by_order_id]
         if not fresh or self._store is None:
-            return fresh
-        owned = await self._store.run(
-            self._store.sync.journalled_order_ids, [o.order_id for o in fresh]
-        )
-        return [o for o in fresh if o.order_id not in owned]
+            return Unclaimed(fresh)
+        owned, in_flight = await self._store.run(self._journal_view, [o.order_id for o in fresh])
+        free = [o for o in fresh if o.order_id not in owned]
+        if not in_flight:
+            return Unclaimed(free)
+        theirs = [wire.decode(row.request, model.OrderRequest) for row in in_flight]
+        ambiguous = [o for o in free if any(matches(request, o) for request in theirs)]
+        return Unclaimed([o for o in free if o not in ambiguous], ambiguous)
+
+    def _journal_view(self, order_ids: list[str]) -> tuple[set[str], list[JournalRow]]:
+        """(In the store's thread) the ids the journal owns; the operator's orders in flight."""
+        assert self._store is not None
+        sync = self._store.sync
+        return sync.journalled_order_ids(order_ids), sync.operator_in_flight()
 
     async def apply(self, event: TradeEvent, now: datetime) -> list[Change]:
         message = event.message
@@ -410,7 +451,10 @@ class OrderTracker:
         intent = self._by_order_id.get(order.order_id)
         free = True  # no intent owns it, neither in memory nor in the journal
         if intent is None:
-            free = bool(await self.unclaimed([order]))
+            sorted_out = await self.unclaimed([order])
+            free = bool(sorted_out.free)
+            if sorted_out.ambiguous and self.claim(order) is not None:
+                log.warning("order.ambiguous", order_id=order.order_id, like="an operator's order")
             # The journal was read in a worker thread: the submission's answer may have come
             # (and been journalled) meanwhile.
             intent = self._by_order_id.get(order.order_id)

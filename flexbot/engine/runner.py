@@ -24,6 +24,7 @@ from flexbot import logs, model
 from flexbot.engine.inbox import Inbox, Item
 from flexbot.engine.loader import StrategySpec
 from flexbot.market.backoff import Backoff
+from flexbot.store import StoreFailed
 from flexbot.strategy import OwnOrder, Position, Strategy, Window
 
 if TYPE_CHECKING:
@@ -147,6 +148,8 @@ class StrategyRunner:
                 await fn(*args)
         except trio.TooSlowError:
             self._failed(name, f"took longer than {self.supervision.callback_timeout_s} s")
+        except StoreFailed:
+            raise  # the daemon's fault, not the strategy's: it halts trading (flexbot.daemon)
         except Exception as exc:
             self._failed(name, f"{type(exc).__name__}: {exc}", exc)
 

@@ -37,12 +37,18 @@ TOKEN_BACKOFF = Backoff(base_s=1.0, cap_s=60.0)  # an outage of the token endpoi
 
 
 class Secret:
-    """A string that never shows itself in a repr, a str() or a log line."""
+    """A string that never shows itself in a repr, a str() or a log line.
+
+    Made, it is registered with the logging pipeline (`logs.remember_secret`), which hides it
+    wherever it appears in a line: in an exception's message, a traceback, a URL. `short_lived`:
+    a token, replaced on every refresh (the pipeline holds only the latest few of those).
+    """
 
     __slots__ = ("_value",)
 
-    def __init__(self, value: str) -> None:
+    def __init__(self, value: str, *, short_lived: bool = False) -> None:
         self._value = value
+        logs.remember_secret(value, short_lived=short_lived)
 
     def reveal(self) -> str:
         return self._value
@@ -207,9 +213,11 @@ class TokenManager:
             ) from None
         lifetime = max(1.0, float(issued.expires_in))
         # OAuth2 lets a refresh answer leave the refresh token out: the old one then stays.
-        refresh = Secret(issued.refresh_token) if issued.refresh_token else keep_refresh
+        refresh = (
+            Secret(issued.refresh_token, short_lived=True) if issued.refresh_token else keep_refresh
+        )
         return _Grant(
-            access=Secret(issued.access_token),
+            access=Secret(issued.access_token, short_lived=True),
             refresh=refresh or Secret(""),
             expires_at=started + lifetime,
             lifetime_s=lifetime,

@@ -49,5 +49,13 @@ class Retrying:
         self.attempt += 1
         return delay
 
+    def next_delay_at_cap(self) -> float:
+        """A wait in [cap / 2, cap], for a retry known to meet the same failure at once (a message
+        over the size limit): never a backoff started over, and jittered without going near 0."""
+        cap = self.backoff.cap_s
+        delay = self.rng.uniform(cap / 2, cap)
+        self.attempt += 1
+        return delay
+
     def reset(self) -> None:
         self.attempt = 0

@@ -19,7 +19,7 @@ from attrs import frozen
 from flexbot.market.auth import Credentials, Secret, TokenManager
 from flexbot.market.feed import FeedSettings, MarketFeed, OrderSource
 from flexbot.market.rest import MarketClient
-from flexbot.market.streams import Endpoint, StreamSettings
+from flexbot.market.streams import MAX_BOOK_MESSAGE_BYTES, Endpoint, StreamSettings
 
 PASSWORD_ENV = "FLEXBOT_PASSWORD"
 CREDENTIAL_NAME = "flexbot-password"  # systemd: LoadCredential=flexbot-password:/path
@@ -37,6 +37,8 @@ class ConnectionSettings:
     ca_bundle: Path | None = None
     timeout_s: float = 10.0
     ping_interval_s: float = 20.0  # the streams' liveness pings
+    # The largest /orderbook message read; a larger one closes the link (1009), see streams.
+    max_book_message_bytes: int = MAX_BOOK_MESSAGE_BYTES
 
     @property
     def ws_url(self) -> str:
@@ -105,7 +107,9 @@ class MarketSession:
         recorder: Callable[[Endpoint, str | bytes], None] | None = None,
     ) -> MarketFeed:
         streams = streams or StreamSettings(
-            ws_url=self.settings.ws_url, ping_interval_s=self.settings.ping_interval_s
+            ws_url=self.settings.ws_url,
+            ping_interval_s=self.settings.ping_interval_s,
+            max_book_message_bytes=self.settings.max_book_message_bytes,
         )
         settings = FeedSettings(streams=streams)
         return MarketFeed(

@@ -8,6 +8,13 @@ consumer: it logs `ws.disconnected` with the reason, waits a capped, fully jitte
 (`ws.reconnecting`) and connects again; once a connection has been up for `stable_after_s`, the
 backoff starts over. A frame that cannot be decoded is counted and logged, never fatal.
 
+A message larger than the endpoint's limit (`max_message_bytes`; the book has its own, larger
+`max_book_message_bytes`) makes trio-websocket close the link with 1009. The market would send the
+same message again at once, so such a close is counted (`StreamStats.too_big`), logged once per
+episode (`ws.message_too_big`, until a frame fits again: `ws.message_too_big_ended`) and followed
+by a wait near the backoff's cap, never a backoff started over; the other endpoints, each its own
+consumer, are untouched.
+
 Endpoints are declared in one table (`DECODERS`), cryptofeed-style: what each endpoint carries and
 how it is turned into events. The sinks decide delivery (see `flexbot.market.feed`).
 """
@@ -32,6 +39,7 @@ from trio_websocket import (
     WebSocketConnection,
     open_websocket_url,
 )
+from wsproto.utilities import LocalProtocolError
 
 from flexbot import logs, model, wire
 from flexbot.market.auth import TokenManager
@@ -61,6 +69,11 @@ EXPECTED: dict[Endpoint, frozenset[str]] = {
 
 
 POLICY_VIOLATION = 1008
+MESSAGE_TOO_BIG = 1009
+# The full book every time, growing with the market: 3x the 18.8 MB book once seen (see
+# `StreamSettings`); /trade and /ticker carry one order or trade a message.
+MAX_BOOK_MESSAGE_BYTES = 64 * 1024 * 1024
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 class StreamDead(Exception):
@@ -85,7 +98,9 @@ class StreamSettings:
     # the cap; a link that fails within it still backs off (the chaos run found this).
     stable_after_s: float = field(default=5.0, validator=_positive)
     backoff: Backoff = field(factory=lambda: Backoff(base_s=0.5, cap_s=30.0))
-    max_message_bytes: int = 16 * 1024 * 1024
+    # Limits on one message, as trio-websocket measures it (the characters of a text frame).
+    max_message_bytes: int = field(default=MAX_MESSAGE_BYTES, validator=_positive)
+    max_book_message_bytes: int = field(default=MAX_BOOK_MESSAGE_BYTES, validator=_positive)
     # Socket reads: a 10 KB book in one read, not three of trio-websocket's default 4 KiB
     # (bench/ingest.py: +60-70% messages/s at the socket).
     receive_buffer_bytes: int = 64 * 1024
@@ -98,6 +113,7 @@ class StreamStats:
     frames: int = 0
     bad_frames: int = 0
     unexpected: int = 0
+    too_big: int = 0  # links closed (1009) for a message over the limit
     disconnect_reasons: Counter[str] = field(factory=Counter)
 
 
@@ -133,6 +149,8 @@ class StreamConsumer:
         self._up_since: float | None = None
         self.last_frame_at = 0.0
         self._token_suspect = False
+        self._too_big = False  # the connection that just ended was closed 1009
+        self._too_big_episode = 0  # 1009 closes since a frame last fitted; 0: no episode
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect and reconnect until cancelled. Reports started once the first attempt is made."""
@@ -140,13 +158,15 @@ class StreamConsumer:
         task_status.started()
         while True:
             self._up_since = None
+            self._too_big = False
             reason = await self._one_connection()
             self.connected = False
-            if self._was_stable():
+            if self._was_stable() and not self._too_big:
                 retrying.reset()
             if self._on_disconnect is not None:
                 await self._on_disconnect()
-            delay = retrying.next_delay()
+            # After a 1009 the same message would come again at once: wait near the cap.
+            delay = retrying.next_delay_at_cap() if self._too_big else retrying.next_delay()
             log.info(
                 "ws.reconnecting",
                 endpoint=str(self.endpoint),
@@ -164,6 +184,12 @@ class StreamConsumer:
             up_since is not None and trio.current_time() - up_since >= self.settings.stable_after_s
         )
 
+    @property
+    def max_message_bytes(self) -> int:
+        if self.endpoint is Endpoint.ORDERBOOK:
+            return self.settings.max_book_message_bytes
+        return self.settings.max_message_bytes
+
     async def _one_connection(self) -> str:
         """One connection, from connect to its end; returns why it ended."""
         url = self.settings.ws_url.rstrip("/") + self.endpoint.path
@@ -172,33 +198,47 @@ class StreamConsumer:
             token = await self._tokens.token()
             headers.append((b"Authorization", f"Bearer {token}".encode()))
         ended: str | None = None
+        opened: WebSocketConnection | None = None
         try:
             async with open_websocket_url(
                 url,
                 self._ssl,
                 extra_headers=headers,
                 message_queue_size=64,
-                max_message_size=self.settings.max_message_bytes,
+                max_message_size=self.max_message_bytes,
                 receive_buffer_size=self.settings.receive_buffer_bytes,
                 connect_timeout=self.settings.connect_timeout_s,
                 disconnect_timeout=self.settings.close_timeout_s,
             ) as ws:
+                opened = ws
                 self._token_suspect = False
                 ended = await self._session(ws)
+                if self._too_big:
+                    # trio-websocket (0.12) sends its 1009 but then neither closes the socket nor
+                    # bounds its reader's wait for the peer: close it, so the reader ends now.
+                    await trio.aclose_forcefully(ws._stream)
                 if self._token_suspect and self._tokens is not None:
                     await self._tokens.renew_after_401(token)
         except ConnectionRejected as exc:
             if exc.status_code == 401 and self._tokens is not None:
                 await self._tokens.renew_after_401(token)
             return self._ended(f"handshake refused with HTTP {exc.status_code}")
-        except (HandshakeError, OSError, trio.BrokenResourceError) as exc:
+        except (HandshakeError, OSError, trio.BrokenResourceError, LocalProtocolError) as exc:
+            # LocalProtocolError: trio-websocket's reader, meeting a second oversized fragment in
+            # one read after its 1009, tries to close again; a dead link, not a dead consumer.
             if ended is not None:
                 # The session had ended (and was counted); only its close handshake timed out,
                 # as it does on a half-open link.
                 return ended
             cause = exc.__cause__ or exc.__context__
             detail = str(exc) or (f"{type(cause).__name__}: {cause}" if cause else "")
-            return self._ended(f"connect failed: {type(exc).__name__}: {detail}")
+            what = "link failed" if self.connected else "connect failed"
+            return self._ended(f"{what}: {type(exc).__name__}: {detail}")
+        finally:
+            if opened is not None:
+                # A no-op after a normal close; after the reader's own failure (above), the only
+                # thing that closes the socket (else it lingers until garbage collection).
+                await trio.aclose_forcefully(opened._stream)
         assert ended is not None
         return ended
 
@@ -225,6 +265,8 @@ class StreamConsumer:
                 detail = f"{why.code} {why.reason or why.name}" if why is not None else "no reason"
                 if why is not None and why.code == POLICY_VIOLATION:
                     self._token_suspect = True  # how a server says "your token is no good" late
+                if why is not None and why.code == MESSAGE_TOO_BIG and not ended:
+                    self._message_too_big(why.reason)
                 ended.append(f"closed: {detail}")
             except StreamDead as exc:
                 ended.append(str(exc))
@@ -242,7 +284,27 @@ class StreamConsumer:
             frame = await ws.get_message()
             self.last_frame_at = trio.current_time()
             self.stats.frames += 1
+            if self._too_big_episode:
+                self._too_big_ended()
             await self._sink(frame)
+
+    def _message_too_big(self, reason: str | None) -> None:
+        self._too_big = True
+        self.stats.too_big += 1
+        self._too_big_episode += 1
+        if self._too_big_episode == 1:  # once per episode, not on every reconnect
+            log.warning(
+                "ws.message_too_big",
+                endpoint=str(self.endpoint),
+                limit_bytes=self.max_message_bytes,
+                reason=reason,
+            )
+
+    def _too_big_ended(self) -> None:
+        log.info(
+            "ws.message_too_big_ended", endpoint=str(self.endpoint), closes=self._too_big_episode
+        )
+        self._too_big_episode = 0
 
     async def _expect_control(self, ws: WebSocketConnection) -> None:
         with trio.move_on_after(self.settings.silence_s) as scope:

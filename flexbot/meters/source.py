@@ -17,7 +17,7 @@ import attrs
 from attrs import frozen
 
 from flexbot.meters.builder import Kind
-from flexbot.problems import Invalid
+from flexbot.problems import Invalid, http_url_problem
 
 
 @frozen(order=True)
@@ -43,6 +43,12 @@ def store_time(when: datetime) -> str:
 def _positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not (math.isfinite(value) and value > 0):
         raise Invalid.single((attribute.name,), f"must be greater than 0, got {value}")
+
+
+def _http_url(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    problem = http_url_problem(value)
+    if problem is not None:
+        raise Invalid.single((attribute.name,), problem)
 
 
 @frozen
@@ -74,7 +80,7 @@ class HttpSettings:
     """A JSON endpoint answering a list of `{timestamp, value[, meter_id]}` (or `{"readings":
     [...]}`), polled every `interval_s`."""
 
-    url: str
+    url: str = attrs.field(validator=_http_url)
     interval_s: float = attrs.field(default=30.0, validator=_positive)
     timeout_s: float = attrs.field(default=5.0, validator=_positive)
 

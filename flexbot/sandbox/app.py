@@ -4,10 +4,16 @@ Routes are thin: they authenticate, rate-limit, hand the decoded body to `Sandbo
 errors to the statuses of the spec (§3): 401 without a valid token, 422 with a FastAPI-style detail
 list that locates each problem, 404 for an unknown or foreign order, 409 for a change to a final
 order, 429 with `Retry-After`. Every path answers with and without a trailing slash, no redirect.
+
+The token endpoint is rate-limited per user like the REST routes (its own buckets, the same limit).
+The `/sandbox/*` routes that only read stay open; the one that changes the sandbox
+(`POST /sandbox/faults`) answers 403 unless faults were switchable from the start
+(`MarketSettings.faults_switchable`) or the request carries the operator's admin token.
 """
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -27,7 +33,7 @@ from flexbot import logs, wire
 from flexbot.problems import Invalid
 from flexbot.sandbox.auth import NotAuthenticated, OAuthError
 from flexbot.sandbox.lifecycle import MeteringRefused
-from flexbot.sandbox.market import SandboxMarket
+from flexbot.sandbox.market import ADMIN_TOKEN_ENV, SandboxMarket
 from flexbot.sandbox.matching import BaselineLocked, NotASell, OrderFinal, OrderNotFound
 from flexbot.sandbox.streams import Channel, StreamHub, serve_stream
 
@@ -35,6 +41,15 @@ log = logs.get_logger("flexbot.sandbox")
 
 AMBIGUOUS_HANG_S = 60.0  # longer than any sane client timeout; then a 504 for the record
 MAX_BODY_BYTES = 1 << 20  # a day of 15-minute data points is ~10 KB; 1 MiB is generous
+
+ADMIN_HEADER = "X-Sandbox-Admin-Token"
+ADMIN_REFUSED = (
+    "changing the sandbox is off: start it with a fault on (--fault NAME=VALUE), or send the "
+    f"admin token (${ADMIN_TOKEN_ENV} at its start) in the {ADMIN_HEADER} header"
+)
+# The token endpoint's bucket for requests that name no known user (unknown names, bad refresh
+# tokens): one shared bucket, so made-up names cannot grow the limiter's table.
+UNKNOWN_REQUESTER = "\0unknown"
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -107,8 +122,30 @@ def build_app(market: SandboxMarket, hub: StreamHub) -> Starlette:
         # The docs' curl examples send JSON labelled as a form: parse JSON whatever the header says.
         return wire.loads(await read_body(request))
 
+    def admin(request: Request) -> bool:
+        """May this request change the sandbox? The token is compared in constant time and never
+        logged. Bytes are compared: Starlette decodes a header as latin-1, and the environment
+        keeps undecodable bytes as surrogates."""
+        if market.settings.faults_switchable:
+            return True
+        expected, presented = market.settings.admin_token, request.headers.get(ADMIN_HEADER)
+        if expected is None or presented is None:
+            return False
+        wanted = expected.encode("utf-8", "surrogateescape")
+        return hmac.compare_digest(presented.encode("latin-1"), wanted)
+
     async def token(request: Request) -> Response:
         form = dict(parse_qsl((await read_body(request)).decode("utf-8", "replace")))
+        if market.token_limiter is not None:
+            requester = market.issuer.requester(form)
+            retry_after = market.token_limiter.acquire(requester or UNKNOWN_REQUESTER)
+            if retry_after is not None:
+                request.scope["flexbot.user"] = requester
+                return json_response(
+                    {"error": "too_many_requests", "error_description": "Too many token requests"},
+                    429,
+                    headers={"Retry-After": str(retry_after)},
+                )
         if faults.token_endpoint_down():
             return json_response(
                 {"error": "temporarily_unavailable", "error_description": "injected outage"}, 503
@@ -163,6 +200,9 @@ def build_app(market: SandboxMarket, hub: StreamHub) -> Starlette:
 
     async def sandbox_faults(request: Request) -> Response:
         if request.method == "POST":
+            if not admin(request):
+                log.warning("sandbox.admin_refused", path=request.url.path)
+                raise ApiError(403, ADMIN_REFUSED)
             changes = await body_of(request)
             if not isinstance(changes, dict):
                 raise Invalid.single((), "expected a JSON object of fault settings")

@@ -86,6 +86,18 @@ class TokenIssuer:
             raise OAuthError(400, "invalid_request", "Missing form parameter: grant_type")
         raise OAuthError(400, "unsupported_grant_type", f"Unsupported grant_type {grant_type!r}")
 
+    def requester(self, form: Mapping[str, str]) -> str | None:
+        """The known user a token request speaks for (the password grant's username, or the owner
+        of a live refresh token), without checking the password; None for anyone else. The rate
+        limit keys on it, so unknown names share one bucket and cannot grow the table."""
+        if form.get("grant_type") == "password":
+            username = form.get("username", "")
+            return username if username in self._users else None
+        if form.get("grant_type") == "refresh_token":
+            grant = self._refresh.get(form.get("refresh_token", ""))
+            return grant.user if grant is not None and grant.expires_at > self._wall() else None
+        return None
+
     def authenticate(self, authorization: str | None) -> str:
         """The user behind an `Authorization: Bearer <token>` header, or `NotAuthenticated`."""
         if not authorization:

@@ -1,8 +1,9 @@
 """Switchable faults, so that every reliability promise of a client can be tested.
 
 Each fault is a field of `FaultSettings`; set at start with `--fault NAME=VALUE` and changed while
-running with `POST /sandbox/faults` (a JSON object of the fields to change). 0 (or false) turns a
-fault off. What was injected is counted and shown in `GET /sandbox/stats`.
+running with `POST /sandbox/faults` (a JSON object of the fields to change; allowed when a fault was
+on at start, or with the admin token: see `flexbot.sandbox.app`). 0 (or false) turns a fault off.
+What was injected is counted and shown in `GET /sandbox/stats`.
 
 - `ws_drop_every` (s): close every WebSocket connection (code 1012) every N wall-clock seconds.
 - `ws_no_pong` (bool): stop answering client pings: the connection looks alive but is half-open.

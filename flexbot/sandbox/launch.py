@@ -12,7 +12,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -73,14 +73,17 @@ def launched_sandbox(
     ready_s: float = 15.0,
     stop_s: float = 5.0,
     cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[LaunchedSandbox]:
     """`flexbot sandbox ARGS` on a port of its choosing, its log in `logs/sandbox.log` and its
-    stderr in `logs/sandbox.stderr.log`; raises `SandboxDidNotStart` (with its stderr) when it
-    exits or is not listening within `ready_s`."""
+    stderr in `logs/sandbox.stderr.log`, `env` added to its environment (an admin token, say);
+    raises `SandboxDidNotStart` (with its stderr) when it exits or is not listening within
+    `ready_s`."""
     argv = [sys.executable, "-m", "flexbot.cli", "sandbox", "--port", "0", *args]
     err = logs / "sandbox.stderr.log"
+    environ = child_env(**(env or {}))
     with (logs / "sandbox.log").open("wb") as out, err.open("wb") as errors:
-        process = subprocess.Popen(argv, stdout=out, stderr=errors, env=child_env(), cwd=cwd)
+        process = subprocess.Popen(argv, stdout=out, stderr=errors, env=environ, cwd=cwd)
     try:
         deadline = time.monotonic() + ready_s
         while not (found := _LISTENING.search(err.read_text(errors="replace"))):

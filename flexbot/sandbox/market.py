@@ -7,6 +7,7 @@ produces matching events, which go to the subscribers (the WebSocket fan-out) in
 
 from __future__ import annotations
 
+import os
 import random
 import uuid
 from collections import Counter, defaultdict
@@ -29,6 +30,18 @@ from flexbot.sandbox.ratelimit import RateLimit, RateLimiter
 
 Subscriber = Callable[[list[Event]], None]
 
+# The operator's token for the routes that change the sandbox (`POST /sandbox/faults`), read from
+# the environment so that it never shows in a process list or a shell history.
+ADMIN_TOKEN_ENV = "FLEXBOT_SANDBOX_ADMIN_TOKEN"
+
+
+def _admin_token_from_env() -> str | None:
+    return os.environ.get(ADMIN_TOKEN_ENV) or None
+
+
+def _faults_on_at_start(settings: MarketSettings) -> bool:
+    return settings.faults != FaultSettings()
+
 
 @frozen
 class MarketSettings:
@@ -42,6 +55,15 @@ class MarketSettings:
     gate_closure_s: int = 0
     lifecycle: LifecycleRules = attrs.field(factory=LifecycleRules)
     faults: FaultSettings = attrs.field(factory=FaultSettings)
+    # Faults may be changed while running (`POST /sandbox/faults`) without the admin token: by
+    # default when the sandbox started with a fault on (a chaos run, a test); otherwise only the
+    # operator, holding `admin_token`, may switch them (a shared sandbox must not be sabotaged).
+    faults_switchable: bool = attrs.field(
+        default=attrs.Factory(_faults_on_at_start, takes_self=True)
+    )
+    admin_token: str | None = attrs.field(factory=_admin_token_from_env, repr=False)
+    # Caps on one order (all assumed, see `flexbot.rules`); None lifts them.
+    caps: rules.MarketCaps | None = attrs.field(factory=rules.MarketCaps)
     counterparties: int = 0
     counterparty_interval_s: float = 2.0  # mean wall seconds between one trader's actions
 
@@ -58,6 +80,11 @@ class SandboxMarket:
             strict_refresh=settings.strict_refresh,
         )
         self.limiter = (
+            RateLimiter(settings.rate_limit, self.clock.wall) if settings.rate_limit else None
+        )
+        # The token endpoint has its own buckets with the same limit: logging in again must stay
+        # possible for a user whose REST budget is spent, and guessing passwords must not be free.
+        self.token_limiter = (
             RateLimiter(settings.rate_limit, self.clock.wall) if settings.rate_limit else None
         )
         rng = random.Random(settings.seed)
@@ -118,6 +145,7 @@ class SandboxMarket:
             now,
             strictness=rules.Strictness.MARKET,
             gate_closure_s=self.settings.gate_closure_s,
+            caps=self.settings.caps,
         )
         order, events = self.matcher.submit(user, request, now)
         self._publish(events)

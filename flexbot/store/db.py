@@ -1,18 +1,9 @@
-"""SQLite state that must survive a crash: the order journal, the engine's latches, meter
-readings and the verification outbox.
-
-One file, WAL mode, `synchronous=FULL`: a committed row is on disk before the call returns, so an
-order journalled here *before* it is sent can never be forgotten by a crash, a SIGKILL or a power
-cut. The schema is versioned (`PRAGMA user_version`) and migrated forward on open, one step at a
-time, so a store written by an older flexbot opens in a newer one; a store from a *newer* flexbot
-is refused rather than misread.
-
-The methods are synchronous and short; async callers run them through `AsyncStore`, which keeps the
-event loop free while SQLite waits for the disk and serializes access to the one connection.
-"""
+"""The store's tables, read and written: `Store` (synchronous, short calls) and `AsyncStore` (the
+same for trio code, in a worker thread, one call at a time)."""
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -21,63 +12,11 @@ from typing import Any, ParamSpec, TypeVar
 import trio
 from attrs import frozen
 
+from flexbot.store.faults import StoreError, failure, is_store_fault
+from flexbot.store.schema import DAEMON, OPERATOR, migrate, transaction
+
 P = ParamSpec("P")
 T = TypeVar("T")
-
-
-class StoreError(Exception):
-    """The store cannot be used (unreadable, or written by a newer flexbot)."""
-
-
-# Each migration takes the schema from version i to i + 1. Never edit one that has shipped: add
-# the next.
-MIGRATIONS: Sequence[str] = (
-    """
-    CREATE TABLE orders (
-        client_id        TEXT PRIMARY KEY,
-        strategy         TEXT NOT NULL,
-        strategy_version TEXT NOT NULL,
-        fingerprint      TEXT NOT NULL,
-        request          TEXT NOT NULL,      -- the OrderRequest as wire JSON
-        state            TEXT NOT NULL,      -- see flexbot.engine.orders.IntentState
-        order_id         TEXT UNIQUE,        -- the market's id, once known
-        last_order       TEXT,               -- the market's latest Order as wire JSON
-        reason           TEXT,               -- why it was rejected or lapsed
-        dry_run          INTEGER NOT NULL DEFAULT 0,
-        following        INTEGER NOT NULL DEFAULT 1,  -- 1 while news of it is still expected
-        created_at       TEXT NOT NULL,      -- market time, ISO 8601 UTC
-        updated_at       TEXT NOT NULL
-    );
-    CREATE INDEX orders_following ON orders (following) WHERE following = 1;
-    CREATE TABLE flags (
-        name  TEXT PRIMARY KEY,
-        value TEXT NOT NULL,
-        set_at TEXT NOT NULL
-    );
-    """,
-    """
-    CREATE TABLE readings (
-        meter_id TEXT NOT NULL,
-        at       TEXT NOT NULL,           -- ISO 8601 UTC, microseconds: sorts as time
-        value    TEXT NOT NULL,           -- a Decimal, in the meter's unit
-        PRIMARY KEY (meter_id, at)
-    ) WITHOUT ROWID;
-    CREATE TABLE outbox (
-        order_id         TEXT NOT NULL,
-        measurement_type TEXT NOT NULL,   -- baseline | metering
-        body             TEXT NOT NULL,   -- the exact JSON sent, every time (a resend is identical)
-        state            TEXT NOT NULL,   -- pending | acked | failed | obsolete
-        attempts         INTEGER NOT NULL DEFAULT 0,
-        next_at          REAL NOT NULL,   -- wall-clock seconds of the next attempt
-        last_error       TEXT,
-        enqueued_at      REAL NOT NULL,   -- wall-clock seconds
-        done_at          REAL,
-        PRIMARY KEY (order_id, measurement_type)
-    );
-    CREATE INDEX outbox_due ON outbox (next_at) WHERE state = 'pending';
-    """,
-)
-SCHEMA_VERSION = len(MIGRATIONS)
 
 
 @frozen
@@ -95,6 +34,7 @@ class JournalRow:
     reason: str | None = None
     dry_run: bool = False
     following: bool = True
+    origin: str = DAEMON  # DAEMON or OPERATOR
 
 
 @frozen
@@ -136,6 +76,7 @@ _COLUMNS = (
     "reason",
     "dry_run",
     "following",
+    "origin",
 )
 _IN_CHUNK = 500  # ids per `IN (...)` query, well under SQLite's limit on bound parameters
 _UPDATABLE = frozenset({"state", "order_id", "last_order", "reason", "following", "updated_at"})
@@ -148,23 +89,29 @@ class Store:
 
     @classmethod
     def open(cls, path: Path) -> Store:
-        if str(path) != ":memory:":
-            path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            # isolation_level=None: we open transactions ourselves (`_transaction`), explicitly.
+            if str(path) != ":memory:":
+                path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"{path}: cannot create its folder: {exc.strerror}",
+                retry_may_fix=exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS),
+            ) from None
+        try:
+            # isolation_level=None: we open transactions ourselves (`transaction`), explicitly.
             db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
-            raise StoreError(f"{path}: cannot open the store: {exc}") from None
+            raise failure(exc, path, StoreError) from None
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA busy_timeout=5000")
-            _migrate(db, path)
+            migrate(db, path)
         except (sqlite3.Error, StoreError) as exc:
             db.close()
             if isinstance(exc, StoreError):
                 raise
-            raise StoreError(f"{path}: cannot open the store: {exc}") from None
+            raise failure(exc, path, StoreError) from None
         return cls(db, path)
 
     def close(self) -> None:
@@ -179,7 +126,7 @@ class Store:
     def journal(self, row: JournalRow) -> None:
         values = [getattr(row, c) for c in _COLUMNS]
         marks = ", ".join("?" for _ in _COLUMNS)
-        with _transaction(self._db):
+        with transaction(self._db):
             self._db.execute(f"INSERT INTO orders ({', '.join(_COLUMNS)}) VALUES ({marks})", values)
 
     def update(self, client_id: str, *, durable: bool = True, **fields: Any) -> None:
@@ -195,7 +142,7 @@ class Store:
         if not durable:
             self._db.execute("PRAGMA synchronous=NORMAL")
         try:
-            with _transaction(self._db):
+            with transaction(self._db):
                 self._db.execute(
                     f"UPDATE orders SET {assignments} WHERE client_id = ?",
                     [*fields.values(), client_id],
@@ -216,8 +163,24 @@ class Store:
         return found
 
     def followed(self) -> list[JournalRow]:
-        """Every journalled order news is still expected of, oldest first."""
-        return list(self._rows("WHERE following = 1 ORDER BY created_at, rowid"))
+        """Every order of the daemon's that news is still expected of, oldest first."""
+        clause = f"WHERE following = 1 AND origin = '{DAEMON}' ORDER BY created_at, rowid"
+        return list(self._rows(clause))
+
+    def operator_in_flight(self) -> list[JournalRow]:
+        """An operator's orders whose market id is not journalled (sent by hand, the answer not
+        come yet or lost): a market order identical to one of them may be the operator's, so no
+        intent of the daemon's may claim it. Few: operators place orders by hand."""
+        clause = (
+            f"WHERE origin = '{OPERATOR}' AND order_id IS NULL AND state IN ('pending', 'unknown')"
+        )
+        return list(self._rows(clause))
+
+    def unresolved_with(self, fingerprint: str) -> list[JournalRow]:
+        """Every order, the daemon's or an operator's, with this fingerprint and no market id
+        that may still be on its way (the daemon's pending or unknown, an operator's likewise)."""
+        clause = "WHERE fingerprint = ? AND order_id IS NULL AND state IN ('pending', 'unknown')"
+        return list(self._rows(clause, (fingerprint,)))
 
     def orders(self, *, limit: int | None = None) -> list[JournalRow]:
         """The whole journal, newest first."""
@@ -238,7 +201,7 @@ class Store:
     def add_readings(self, rows: Sequence[tuple[str, str, str]]) -> int:
         """(meter id, ISO time, value) rows; a reading already held is kept. Returns how many
         were new."""
-        with _transaction(self._db):
+        with transaction(self._db):
             before = self._db.total_changes
             self._db.executemany(
                 "INSERT OR IGNORE INTO readings (meter_id, at, value) VALUES (?, ?, ?)", rows
@@ -267,7 +230,7 @@ class Store:
 
     def enqueue(self, order_id: str, kind: str, body: str, now: float) -> bool:
         """Keep a submission until acknowledged; once per (order, kind): False if already held."""
-        with _transaction(self._db):
+        with transaction(self._db):
             cursor = self._db.execute(
                 "INSERT OR IGNORE INTO outbox (order_id, measurement_type, body, state, next_at, "
                 "enqueued_at) VALUES (?, ?, ?, 'pending', ?, ?)",
@@ -292,7 +255,7 @@ class Store:
 
     def settle(self, order_id: str, kind: str, state: str, at: float, error: str | None) -> None:
         """Mark acked or failed (final)."""
-        with _transaction(self._db):
+        with transaction(self._db):
             self._db.execute(
                 "UPDATE outbox SET state = ?, done_at = ?, last_error = ?, attempts = attempts + 1 "
                 "WHERE order_id = ? AND measurement_type = ?",
@@ -300,7 +263,7 @@ class Store:
             )
 
     def retry_later(self, order_id: str, kind: str, next_at: float, error: str) -> None:
-        with _transaction(self._db):
+        with transaction(self._db):
             self._db.execute(
                 "UPDATE outbox SET attempts = attempts + 1, next_at = ?, last_error = ? "
                 "WHERE order_id = ? AND measurement_type = ?",
@@ -328,7 +291,7 @@ class Store:
         return None if found is None else str(found[0])
 
     def set_flag(self, name: str, value: str | None, at: str = "") -> None:
-        with _transaction(self._db):
+        with transaction(self._db):
             if value is None:
                 self._db.execute("DELETE FROM flags WHERE name = ?", (name,))
             else:
@@ -341,7 +304,10 @@ class Store:
 
 
 class AsyncStore:
-    """`Store` for trio code: each call runs in a worker thread, one at a time."""
+    """`Store` for trio code: each call runs in a worker thread, one at a time.
+
+    A fault of the file or the disk comes out as `StoreFailed`, the same for every caller: the
+    daemon halts trading on it (see `flexbot.daemon`), and no task mistakes it for its own error."""
 
     def __init__(self, store: Store) -> None:
         self.sync = store
@@ -349,51 +315,9 @@ class AsyncStore:
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         async with self._lock:
-            return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs))
-
-
-class _Transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, kind: object, *_: object) -> None:
-        if kind is not None:
-            self._db.execute("ROLLBACK")
-            return
-        try:
-            self._db.execute("COMMIT")
-        except BaseException:
-            # A failed COMMIT (busy, disk full) may leave the transaction open: never keep it.
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            raise
-
-
-def _transaction(db: sqlite3.Connection) -> _Transaction:
-    return _Transaction(db)
-
-
-def _migrate(db: sqlite3.Connection, path: Path) -> None:
-    version = int(db.execute("PRAGMA user_version").fetchone()[0])
-    if version > SCHEMA_VERSION:
-        raise StoreError(
-            f"{path}: the store has schema version {version}, newer than this flexbot knows "
-            f"({SCHEMA_VERSION}): upgrade flexbot, or point store.path at another file"
-        )
-    for target in range(version + 1, SCHEMA_VERSION + 1):
-        with _transaction(db):
-            for statement in _statements(MIGRATIONS[target - 1]):
-                db.execute(statement)
-            db.execute(f"PRAGMA user_version = {target}")
-
-
-def _statements(script: str) -> Iterator[str]:
-    """Split a migration script into statements (ours hold no `;` inside literals)."""
-    for part in script.split(";"):
-        lines = [line.split("--", 1)[0] for line in part.splitlines()]
-        statement = "\n".join(lines).strip()
-        if statement:
-            yield statement
+            try:
+                return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+            except sqlite3.Error as exc:
+                if is_store_fault(exc):
+                    raise failure(exc, self.sync.path) from exc
+                raise

@@ -1,0 +1,56 @@
+"""What a fault of the store's file or disk means: retry, or an operator must act."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+
+class StoreError(Exception):
+    """The store cannot be used. `retry_may_fix`: the fault may pass by itself (a full disk, an
+    I/O error, a busy file), so a restart is worth it; else an operator must act (a damaged file,
+    a store from a newer flexbot, no permission)."""
+
+    def __init__(self, message: str, *, retry_may_fix: bool = False) -> None:
+        super().__init__(message)
+        self.retry_may_fix = retry_may_fix
+
+
+class StoreFailed(StoreError):
+    """A read or write failed while the daemon ran: nothing more can be journalled."""
+
+
+# SQLite's primary result codes that no retry fixes: SQLITE_PERM, SQLITE_READONLY, SQLITE_CORRUPT,
+# SQLITE_AUTH, SQLITE_NOTADB. Everything else that reaches us as an operational error (SQLITE_FULL,
+# SQLITE_IOERR, SQLITE_BUSY, SQLITE_CANTOPEN, SQLITE_NOMEM …) may pass.
+_PERMANENT = {3: "no permission", 8: "read-only", 11: "damaged", 23: "no permission", 26: "damaged"}
+
+
+def failure(exc: sqlite3.Error, path: Path, kind: type[StoreError] = StoreFailed) -> StoreError:
+    """What a SQLite error means for the daemon, with what to do, as a `StoreError`."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    what = _PERMANENT.get(code & 0xFF) if isinstance(code, int) else None
+    if what is None and type(exc) is sqlite3.DatabaseError:  # raised bare for a damaged file
+        what = "damaged"
+    if what == "damaged":
+        return kind(
+            f"{path}: the store is damaged ({exc}): flexbot will not trade on a journal it cannot "
+            f"read. Restore it from a backup, or recover it with `sqlite3 {path} .recover`",
+            retry_may_fix=False,
+        )
+    if what is not None:
+        return kind(
+            f"{path}: the store cannot be written ({exc}, {what}): check the owner and mode of "
+            "the file and its folder",
+            retry_may_fix=False,
+        )
+    return kind(
+        f"{path}: the store cannot be used ({exc}): free disk space or fix the disk; flexbot "
+        "retries by itself",
+        retry_may_fix=True,
+    )
+
+
+def is_store_fault(exc: BaseException) -> bool:
+    """A fault of the file or the disk, not of our SQL (an IntegrityError is a bug, not a disk)."""
+    return type(exc) in (sqlite3.DatabaseError, sqlite3.OperationalError)
