@@ -217,6 +217,10 @@ def load(
             paths[name] = _relative(_expand(value, env), path.parent)
         except Invalid as exc:
             problems += [p.under(loc) for p in exc.problems]
+    store = paths.get("store")
+    if store is not None and _is(store.exists) and not _is(store.is_file):
+        # `flexbot run` would wait for ever for a store it can never open.
+        problems.append(Problem(("store", "path"), f"not a file: {store}"))
     meters, meter_secrets = _meters(config, path.parent, env, problems, resolve=secrets)
     located = [(path, p) for p in problems]
     strategies: list[StrategySpec] = []

@@ -37,21 +37,23 @@ _SECRET_WORD = (
 )
 _SECRET_KEY = re.compile(rf"[\w-]*{_SECRET_WORD}", re.IGNORECASE)
 # In a query string (or a URL fragment), short names are secrets too: `?key=`, `&sig=`.
-_SHORT_PARAM = r"(?:key|sig|pass|auth|jwt)"
-_SECRET_PARAM = re.compile(rf"[\w.-]*{_SECRET_WORD}|{_SHORT_PARAM}", re.IGNORECASE)
+_PARAM_NAME = rf"(?:[\w.-]{{0,40}}?{_SECRET_WORD}|key|sig|pass|auth|jwt)"
+_SECRET_PARAM = re.compile(_PARAM_NAME, re.IGNORECASE)
 
 # The patterns match the lower-cased text (an IGNORECASE scan costs ten times as much), and each
 # runs only if one of its trigger strings is in it: most lines hold none, and skip every scan. The
-# span of the group `secret` is replaced; a value never takes a quote or a backslash, so a JSON
-# line stays JSON (a JSON-escaped `\"` ends a value) and a quoted value keeps its closing quote.
+# span of the group `secret` is replaced; a value never takes a " or a backslash, so a JSON line
+# stays JSON (a JSON-escaped `\"` ends a value) and a quoted value keeps its closing quote.
 _RULES: tuple[tuple[tuple[str, ...], re.Pattern[str]], ...] = (
-    # the userinfo of a URL, up to its last @ (a password may hold an @ of its own)
-    (("://",), re.compile(r"://(?P<secret>[^\s/?#\"'\\<>]*)@")),
+    # the userinfo of a URL, up to its last @ (a password may hold an @ of its own, and a ' that
+    # URLs keep unencoded: better a repr's closing quote hidden with it than a password shown)
+    (("://",), re.compile(r"://(?P<secret>[^\s/?#\"\\<>]*)@")),
     (("bearer",), re.compile(r"bearer\s+(?P<secret>[a-z0-9._~+/=-]+)")),
     (("eyj",), re.compile(r"\b(?P<secret>eyj[a-z0-9_-]{8,}\.[a-z0-9_-]{8,}\.[a-z0-9_-]*)")),
+    # a query parameter: its value is all up to the next parameter (a comma and a ' included)
     (
-        ("key", "sig", "pass", "auth", "jwt="),
-        re.compile(rf"[?&;#]{_SHORT_PARAM}=(?P<secret>[^\s&#;\"'\\<>]*)"),
+        ("key", "sig", "pass", "auth", "jwt=", "pwd", "secret", "token", "cookie"),
+        re.compile(rf"[?&;#]{_PARAM_NAME}=(?P<secret>[^\s&#;\"\\<>]*)"),
     ),
     # password=…, "password": …, password: … (an auth scheme before the value is kept)
     (
@@ -80,7 +82,7 @@ def is_secret_key(name: str) -> bool:
 
 def scrub_patterns(text: str) -> str:
     """`text` with every secret the patterns recognise replaced by `[redacted]`."""
-    low = text.lower()
+    low = _lower(text)
     for trigger in _GATE:
         if trigger in low:
             break
@@ -88,19 +90,30 @@ def scrub_patterns(text: str) -> str:
         return text
     for triggers, pattern in _RULES:
         if any(trigger in low for trigger in triggers):
-            text = _substitute(pattern, text, low)
-            if len(text) != len(low):
-                low = text.lower()
+            changed = _substitute(pattern, text, low)
+            if changed is not text:
+                text, low = changed, _lower(changed)
     return text
 
 
-def _substitute(pattern: re.Pattern[str], text: str, low: str) -> str:
-    if len(low) != len(text):  # a letter whose lower case is two (İ): keep the positions
+def _lower(text: str) -> str:
+    """`text` in lower case, each character where it was (a match's span is the original's)."""
+    low = text.lower()
+    if len(low) != len(text):  # a letter whose lower case is two (İ): left as it is
         low = "".join(c if len(c.lower()) > 1 else c.lower() for c in text)
+    return low
+
+
+def _substitute(pattern: re.Pattern[str], text: str, low: str) -> str:
+    """`text` with the `secret` span of each match of `pattern` in `low` hidden; `text` itself
+    if there is none."""
     out: list[str] = []
     done = pos = 0
     while (match := pattern.search(low, pos)) is not None:
         start, end = match.span("secret")
+        if text.startswith(REDACTED, start):  # hidden by a rule before; what follows is not
+            pos = start + len(REDACTED)
+            continue
         found = match.groupdict()
         if found.get("colon") is not None and not _is_dump(text, match.start()):
             pos = start  # prose ("no password: give one"): its value may still hold a secret
@@ -113,6 +126,7 @@ def _substitute(pattern: re.Pattern[str], text: str, low: str) -> str:
 
 
 def _is_dump(text: str, word_at: int) -> bool:
+    """Whether the key whose secret word is at `word_at` starts where a dump puts a key."""
     start = word_at
     while start > 0 and (text[start - 1].isalnum() or text[start - 1] in "_-"):
         start -= 1
@@ -159,10 +173,11 @@ def _redact_params(params: str) -> str:
 class KnownSecrets:
     """The secret values this process holds, replaced wherever they appear in a line.
 
-    Bounded: `lasting` secrets (passwords) keep the latest `max_lasting`; `short_lived` ones
-    (tokens, replaced on every refresh) the latest `max_short_lived`, so the set does not grow with
-    a daemon's uptime. A value shorter than `min_chars` is not held: hiding every occurrence of a
-    short string would garble every line, and the patterns still hide it where it is named.
+    Bounded: of lasting values (passwords) it keeps the latest `max_lasting`, of `short_lived`
+    ones (tokens, replaced on every refresh: 8 is the latest 4 grants) the latest
+    `max_short_lived`, so the set does not grow with a daemon's uptime. A value shorter than
+    `min_chars` is not held: hiding every occurrence of a short string would garble every line,
+    and the patterns still hide it where it is named.
 
     Safe to share between threads: adding copies, reading sees one consistent tuple.
     """

@@ -117,6 +117,13 @@ def test_any_usable_http_url_passes(host: str, port: int | None, scheme: str, pa
     assert http_url_problem(f"{scheme}://{netloc}{path}") is None
 
 
+def test_a_store_path_that_is_no_file_is_located(tmp_path: Path) -> None:
+    (tmp_path / "state").mkdir()
+    path = write(tmp_path, {**GOOD, "store": {"path": "state"}})
+    lines = problems_of(path)
+    assert any(line.startswith(f"{path}: $.store.path: not a file: ") for line in lines), lines
+
+
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     document = {"market": {**GOOD["market"], "extra": 1, "timeout_s": "x"}, "riks": {}}
     lines = problems_of(write(tmp_path, document))
