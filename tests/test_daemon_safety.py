@@ -233,6 +233,18 @@ def flexbot(*args: str, password: bool = True) -> subprocess.CompletedProcess[st
     )
 
 
+def trading(config: Path, out: Path, alice: Account, orders: int = 2) -> Daemon:
+    """`flexbot run`, READY with its `orders` open on the market."""
+    daemon = Daemon(config, out)
+    try:
+        daemon.wait_event("daemon.ready")
+        until(lambda: len(alice.open_orders()) == orders)
+    except BaseException:
+        daemon.close()
+        raise
+    return daemon
+
+
 # --- one daemon per store ------------------------------------------------------------------------
 
 
@@ -240,10 +252,8 @@ def test_a_second_daemon_on_a_running_daemons_store_exits_2_and_touches_nothing(
     market: Market, alice: Account, tmp_path: Path
 ) -> None:
     config = write_config(tmp_path, market, windows=2)
-    first = Daemon(config, tmp_path / "first.log")
+    first = trading(config, tmp_path / "first.log", alice)
     try:
-        first.wait_event("daemon.ready")
-        until(lambda: len(alice.open_orders()) == 2)
         before = alice.open_orders()
 
         started = time.monotonic()
@@ -349,10 +359,8 @@ def test_a_stop_during_start_up_cancels_the_orders_restored_from_the_journal(
     market: Market, alice: Account, tmp_path: Path
 ) -> None:
     config = write_config(tmp_path, market, windows=2)
-    first = Daemon(config, tmp_path / "first.log")
+    first = trading(config, tmp_path / "first.log", alice)
     try:
-        first.wait_event("daemon.ready")
-        until(lambda: len(alice.open_orders()) == 2)
         first.process.send_signal(signal.SIGKILL)  # the orders stay live, the journal says so
         first.wait()
     finally:
@@ -381,10 +389,8 @@ def test_a_store_that_cannot_be_written_halts_trading_and_a_restart_recovers(
     market: Market, alice: Account, tmp_path: Path
 ) -> None:
     config = write_config(tmp_path, market, windows=2, meter={"interval_s": 1})
-    daemon = Daemon(config, tmp_path / "full.log")
+    daemon = trading(config, tmp_path / "full.log", alice)
     try:
-        daemon.wait_event("daemon.ready")
-        until(lambda: len(alice.open_orders()) == 2)
         # From now on no file of the daemon's may grow: writes fail as on a full disk.
         resource.prlimit(daemon.process.pid, resource.RLIMIT_FSIZE, FULL)
         assert daemon.wait() == 1  # a retry may fix it: systemd restarts (not 2)
@@ -431,10 +437,8 @@ def test_a_damaged_store_exits_2_with_what_to_do_and_no_traceback(
 ) -> None:
     # Two days of readings: a store of many pages, whose middle ones are then damaged.
     config = write_config(tmp_path, market, windows=2, meter={"interval_s": 60, "history_days": 2})
-    daemon = Daemon(config, tmp_path / "run.log")
+    daemon = trading(config, tmp_path / "run.log", alice)
     try:
-        daemon.wait_event("daemon.ready")
-        until(lambda: len(alice.open_orders()) == 2)
         daemon.process.send_signal(signal.SIGTERM)
         assert daemon.wait() == 0
     finally:

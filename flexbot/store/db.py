@@ -3,7 +3,6 @@ same for trio code, in a worker thread, one call at a time)."""
 
 from __future__ import annotations
 
-import errno
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any, ParamSpec, TypeVar
 import trio
 from attrs import frozen
 
-from flexbot.store.faults import StoreError, failure, is_store_fault
+from flexbot.store.faults import StoreError, failure, is_store_fault, os_failure
 from flexbot.store.schema import DAEMON, OPERATOR, migrate, transaction
 
 P = ParamSpec("P")
@@ -93,10 +92,7 @@ class Store:
             if str(path) != ":memory:":
                 path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreError(
-                f"{path}: cannot create its folder: {exc.strerror}",
-                retry_may_fix=exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS),
-            ) from None
+            raise os_failure(exc, f"{path}: cannot create its folder") from None
         try:
             # isolation_level=None: we open transactions ourselves (`transaction`), explicitly.
             db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 from pathlib import Path
 
@@ -54,3 +55,11 @@ def failure(exc: sqlite3.Error, path: Path, kind: type[StoreError] = StoreFailed
 def is_store_fault(exc: BaseException) -> bool:
     """A fault of the file or the disk, not of our SQL (an IntegrityError is a bug, not a disk)."""
     return type(exc) in (sqlite3.DatabaseError, sqlite3.OperationalError)
+
+
+def os_failure(exc: OSError, what: str) -> StoreError:
+    """A file-system error around the store (its folder, its lock file) as a `StoreError`: no
+    permission or a read-only file system needs an operator; anything else (a full disk) may pass.
+    """
+    permanent = exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+    return StoreError(f"{what}: {exc.strerror}", retry_may_fix=not permanent)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from attrs import frozen
 
-from flexbot.store.faults import StoreError
+from flexbot.store.faults import StoreError, os_failure
 
 # The flag (in the store's flags) the daemon sets when it starts: when, and proof it can write.
 STARTED_FLAG = "daemon.started"
@@ -69,10 +69,7 @@ def hold(store: Path, *, patience_s: float = ACQUIRE_PATIENCE_S) -> Iterator[Non
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        raise StoreError(
-            f"{path}: cannot take the store's lock: {exc.strerror}",
-            retry_may_fix=exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS),
-        ) from None
+        raise os_failure(exc, f"{path}: cannot take the store's lock") from None
     try:
         deadline = time.monotonic() + patience_s
         while True:
