@@ -39,6 +39,7 @@ from flexbot.market.feed import MarketFeed
 from flexbot.market.session import MarketSession, connect
 from flexbot.meters.hub import MeterHub, sold_power
 from flexbot.store import AsyncStore, Store, StoreError, StoreFailed, failure, is_store_fault, lock
+from flexbot.strategy import IntentState
 from flexbot.systemd import Notifier
 from flexbot.verification import VerificationSettings, Verifier
 
@@ -169,12 +170,13 @@ async def _run(
 ) -> int:
     # The store's lock first, for the process's life: a second daemon on this store stops here,
     # having touched nothing, and the first one's orders stay its own.
-    with lock.hold(loaded.store_path):
+    with lock.hold(loaded.store_path) as held:
         with trio.CancelScope() as waiting:
             control.starting = waiting
             if control.stop.is_set():
                 waiting.cancel()
             sync_store = await usable_store(loaded.store_path, notify)
+            held.stamp()  # again: a full disk at start may have kept the pid out of the lock file
         if waiting.cancelled_caught:
             log.info("daemon.stopped", during="start-up")
             return 0
@@ -214,6 +216,8 @@ async def _run_with(
                 await _cancel_restored(store, market, control.stop_now)
         finally:
             keeper.cancel_scope.cancel()
+    if store.failed is not None:  # met during a start-up that a stop then cut short
+        raise store.failed
     log.info("daemon.stopped", during="start-up")
     return 0
 
@@ -222,8 +226,8 @@ async def _cancel_restored(store: AsyncStore, market: MarketSession, stop_now: t
     """`cancel_on_shutdown` for a start-up cut short: the orders the journal holds as open are
     cancelled (logging in if the stop came before the login), bounded in time and by a second
     signal. Their news is journalled by the next run's reconciliation."""
-    tracker = await OrderTracker.restore(store)
-    ids = [i.order_id for i in tracker.live() if i.order_id is not None and not i.dry_run]
+    rows = await store.run(store.sync.followed)  # read only: the store may be failing
+    ids = [r.order_id for r in rows if r.order_id is not None and not r.dry_run and _live(r.state)]
     if not ids:
         return
     cancelled = 0
@@ -234,6 +238,13 @@ async def _cancel_restored(store: AsyncStore, market: MarketSession, stop_now: t
             cancelled = sum(1 for r in results if r.error is None)
         nursery.cancel_scope.cancel()
     log.info("daemon.cancelled_on_shutdown", during="start-up", open=len(ids), cancelled=cancelled)
+
+
+def _live(state: str) -> bool:
+    try:
+        return IntentState(state).is_live
+    except ValueError:  # a state of a newer flexbot: not ours to judge, leave the order be
+        return False
 
 
 async def _cut_short(stop_now: trio.Event, scope: trio.CancelScope) -> None:
@@ -264,9 +275,9 @@ async def _trade(
     recorder = Recorder(loaded.record_path, clock.now) if loaded.record_path is not None else None
     if recorder is not None:
         parts.feed = market.feed(orders=parts.tracker, recorder=recorder)
-    failed: StoreFailed | None = None
     try:
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(_raise_on_failure, store)
             await nursery.start(market.tokens.run)
             await nursery.start(parts.hub.run)
             await nursery.start(parts.feed.run)
@@ -302,24 +313,24 @@ async def _trade(
             if finished is not None:
                 await finished(parts)
             nursery.cancel_scope.cancel()
-    except* StoreFailed as group:
-        failed = _first_failure(group)
+    except* StoreFailed:
+        pass  # the store latched the first failure: halted below
     finally:
         if recorder is not None:
             recorder.close()
-    if failed is not None:
-        await _halt(parts, failed)
-        raise failed
+    if store.failed is not None:
+        await _halt(parts, store.failed)
+        raise store.failed
     log.info("daemon.stopped")
     return 0
 
 
-def _first_failure(group: BaseExceptionGroup[StoreFailed]) -> StoreFailed:
-    leaf: BaseException = group
-    while isinstance(leaf, BaseExceptionGroup):
-        leaf = leaf.exceptions[0]
-    assert isinstance(leaf, StoreFailed)
-    return leaf
+async def _raise_on_failure(store: AsyncStore) -> None:
+    """The store's first failure ends the trading nursery, even if the task that met it (a
+    strategy catching everything around `ctx.place`) swallowed it."""
+    await store.failing.wait()
+    assert store.failed is not None
+    raise store.failed
 
 
 async def _halt(parts: Parts, failure: StoreFailed) -> None:
@@ -343,6 +354,7 @@ async def _halt(parts: Parts, failure: StoreFailed) -> None:
         unresolved=len(live) - len(ids),
         action="trading halted, open orders cancelled; the daemon exits",
     )
+    failure.reported = True
 
 
 async def _latch_when_wanted(control: Control, store: AsyncStore) -> None:
@@ -472,6 +484,10 @@ def _reload(loaded: config.LoadedConfig, engine: Engine) -> None:
         new = config.load(loaded.path)
     except config.ConfigError as exc:
         log.error("config.reload_failed", problems=exc.lines[:20], kept="the running config")
+        return
+    except Exception as exc:  # a SIGHUP must never end the daemon: whatever the file holds
+        problem = f"cannot be read: {type(exc).__name__}"
+        log.error("config.reload_failed", problems=[problem], kept="the running config")
         return
     engine.reload(new.strategies, new.config.risk)
     log.info("config.reload_done", path=str(loaded.path))

@@ -65,10 +65,13 @@ def http_url_problem(value: object) -> str | None:
         return f"{expected} (no blanks)"
     try:
         url = httpx.URL(value)
-    except httpx.InvalidURL as exc:
-        return f"not a usable URL ({exc}): {expected}"
-    if url.scheme not in ("http", "https") or not url.host:
+        scheme, host, port = url.scheme, url.host, url.port
+    except (httpx.InvalidURL, ValueError):
+        # Never the parser's words: they may quote a part of the URL (a password read as a port).
+        # ValueError: a host IDNA refuses (`xn--…`), raised only when the host is read.
+        return f"not a usable URL: {expected}"
+    if scheme not in ("http", "https") or not host:
         return expected
-    if url.port is not None and not 0 < url.port < 65536:
-        return f"port {url.port} is out of range: {expected}"
+    if port is not None and not 0 < port < 65536:
+        return f"port {port} is out of range: {expected}"
     return None

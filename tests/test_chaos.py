@@ -3,8 +3,11 @@
 The short form: a sandbox with every fault on at once (drops every 10 s, tokens living 5 s, 10%
 5xx, ambiguous answers; 429 storms, half-open links and hanging answers in bursts), the daemon
 trading with the three example strategies and two synthetic meters, SIGKILLed 5 times at random
-moments and restarted. The sandbox referees: no duplicate order, no missing or doubled metering,
-no traceback, no secret in the log, a clean stop at the end.
+moments and restarted; once a second daemon started on its store (it must exit 2 at once), once
+its disk filled (it must halt with exit 1, its restart wait under the full disk, then trade once
+the disk is freed). The sandbox referees: no duplicate order, no missing or doubled metering, no
+traceback, no secret in the log, and a last run that placed orders and had metering accepted
+after the last restart before its clean stop.
 """
 
 from __future__ import annotations
@@ -56,11 +59,38 @@ def test_downtime_is_bounded_by_the_run(timeline: list[tuple[float, str, str]], 
 
 @pytest.mark.slow
 def test_the_short_chaos_run_passes(tmp_path: Path) -> None:
-    settings = chaos.ChaosSettings(duration_s=40, kills=5, seed=3, min_due=2)
-    report = chaos.run(tmp_path, settings)
+    settings = chaos.ChaosSettings(
+        duration_s=40, kills=5, seed=3, min_due=2, two_daemons=1, disk_full=1
+    )
+    keep = tmp_path / "kept"
+    report = chaos.run(tmp_path, settings, keep=keep)
     print("\n" + report.render())
     assert report.problems() == []
     assert report.kills == 5
     assert report.placed > 0
     assert report.contracts_due >= 2
     assert sum(report.injected.values()) > 0
+    # The last run proved itself: it traded after the last restart.
+    assert report.last_run_orders >= 1
+    assert report.last_run_metering >= 1
+    assert report.last_run_metering_market >= 1
+    # A second daemon on the store: exit 2, naming the first, nothing else done.
+    [second] = report.two_daemons
+    assert second.exit_code == 2
+    assert second.took_s < chaos.SECOND_BOUND_S
+    assert second.named_first
+    assert second.did == ["daemon.store_unusable"]
+    assert second.first_ran_on
+    # The disk filled: exit 1 with one store.failed; the restart waited, then traded.
+    [full] = report.disk_full
+    assert full.exit_code == 1
+    assert [e["retry_may_fix"] for e in full.store_failed] == [True]
+    assert full.waited >= 1
+    assert full.exited_while_full is None
+    assert full.ready_after_s is not None
+    assert full.traded
+    assert report.events["store.failed"] == 1
+    # What a third party recounts from.
+    for name in ("sandbox-orders.json", "sandbox-stats.json", "journal.db", "RECOUNT.txt"):
+        assert (keep / name).exists(), name
+    assert "journal.db" in report.recount

@@ -73,6 +73,7 @@ def test_a_systemd_credential_path_expands_its_variable(tmp_path: Path) -> None:
         ({"password": "file:missing"}, "$.market.password: cannot read"),
         ({"url": "ftp://x"}, "$.market.url: expected http://host[:port]"),
         ({"url": "http://[::1"}, "$.market.url: not a usable URL"),
+        ({"url": "https://xn--ls8h.la"}, "$.market.url: not a usable URL"),
         ({"url": "http://h:99999"}, "$.market.url: port 99999 is out of range"),
         ({"url": "https:///nohost"}, "$.market.url: expected http://host[:port]"),
         ({"username": ""}, "$.market.username: must not be empty"),
@@ -115,6 +116,15 @@ def test_a_meter_url_the_poller_could_not_request_is_located(tmp_path: Path, url
 def test_any_usable_http_url_passes(host: str, port: int | None, scheme: str, path: str) -> None:
     netloc = host if port is None else f"{host}:{port}"
     assert http_url_problem(f"{scheme}://{netloc}{path}") is None
+
+
+@pytest.mark.parametrize("url", ["https://op:hunter2/x@market.example", "https://op:hunter2#@h"])
+def test_a_url_the_parser_refuses_is_never_quoted(tmp_path: Path, url: str) -> None:
+    """A password with an unencoded / or # reads as a port: the parser's message quotes it."""
+    path = write(tmp_path, {**GOOD, "market": {**GOOD["market"], "url": url}})
+    lines = problems_of(path)
+    assert any("$.market.url: " in line for line in lines), lines
+    assert not any("hunter2" in line for line in lines), lines
 
 
 def test_a_store_path_that_is_no_file_is_located(tmp_path: Path) -> None:

@@ -849,9 +849,9 @@ async def test_an_order_created_before_the_intent_is_not_its_own() -> None:
     tracker = OrderTracker(None)
     intent = await tracker.new_intent("s", "1", a_request(), NOW)
     await tracker.set_state(intent, S.UNKNOWN, NOW, "timeout")
-    older = attrs.evolve(echo(intent.request, "m-old"), created_at=NOW - timedelta(minutes=5))
+    older = attrs.evolve(echo(intent.request, "m-old"), created_at=NOW - timedelta(minutes=6))
     assert tracker.claim(older) is None
-    skewed = attrs.evolve(echo(intent.request, "m-new"), created_at=NOW - timedelta(seconds=2))
+    skewed = attrs.evolve(echo(intent.request, "m-new"), created_at=NOW - timedelta(minutes=4))
     assert tracker.claim(skewed) is intent  # within the clocks' skew
 
 

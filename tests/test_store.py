@@ -318,7 +318,7 @@ def test_a_file_that_is_not_sqlite_is_refused(tmp_path: Path, content: bytes) ->
 def test_a_directory_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "flexbot.db"
     path.mkdir()
-    with pytest.raises(StoreError, match="cannot be used") as caught:
+    with pytest.raises(StoreError, match="cannot be opened") as caught:
         Store.open(path)
     assert str(path) in str(caught.value)
 

@@ -43,47 +43,49 @@ class OperatorJournal:
         try:
             fn(*args, **kwargs)
         except sqlite3.Error as exc:
-            if is_store_fault(exc):
-                raise failure(exc, self._store.path, StoreError) from None
-            raise
+            raise _store_error(exc, self._store.path) from None
 
     def close(self) -> None:
         self._store.close()
 
+    def owned(self, order_ids: list[str]) -> set[str]:
+        """Those of `order_ids` a journalled order (the daemon's or an operator's) owns."""
+        try:
+            return self._store.journalled_order_ids(order_ids)
+        except sqlite3.Error as exc:
+            raise _store_error(exc, self._store.path) from None
+
     def before_send(self, request: model.OrderRequest, now: datetime) -> str:
         """Journal the order (pending) and return its client id; `TwinInFlight` if an identical
         order, the daemon's or another operator's, is still without a market id."""
-        key = fingerprint_key(request)
-        try:
-            twins = self._store.unresolved_with(key)
-        except sqlite3.Error as exc:
-            if is_store_fault(exc):
-                raise failure(exc, self._store.path, StoreError) from None
-            raise
-        if twins:
-            twin = twins[0]
-            raise TwinInFlight(
-                f"an identical order ({twin.origin} {twin.strategy}, {twin.client_id}) is still "
-                "on its way or unresolved: wait until the daemon has resolved it (flexbot "
-                "status), or change the price or power"
-            )
         at = wire.format_datetime(now)
         client_id = str(uuid.uuid4())
-        self._write(
-            self._store.journal,
-            JournalRow(
-                client_id=client_id,
-                strategy=STRATEGY,
-                strategy_version="-",
-                fingerprint=key,
-                request=wire.dumps(request).decode(),
-                state="pending",
-                created_at=at,
-                updated_at=at,
-                following=False,
-                origin=OPERATOR,
-            ),
+        row = JournalRow(
+            client_id=client_id,
+            strategy=STRATEGY,
+            strategy_version="-",
+            fingerprint=fingerprint_key(request),
+            request=wire.dumps(request).decode(),
+            state="pending",
+            created_at=at,
+            updated_at=at,
+            following=False,
+            origin=OPERATOR,
         )
+        try:
+            twin = self._store.journal_unless_twin(row)
+        except sqlite3.Error as exc:
+            raise _store_error(exc, self._store.path) from None
+        if twin is not None:
+            what = (
+                "the daemon resolves it within its expiry (`flexbot status` shows it)"
+                if twin.origin != OPERATOR
+                else "`flexbot orders list` shows whether it was placed"
+            )
+            raise TwinInFlight(
+                f"an identical order ({twin.origin} {twin.strategy}, {twin.client_id}) is still "
+                f"on its way or its outcome unknown: {what}; or change the price or power"
+            )
         return client_id
 
     def outcome(
@@ -121,3 +123,11 @@ class OperatorJournal:
             reason=reason,
             updated_at=wire.format_datetime(now),
         )
+
+
+def _store_error(exc: sqlite3.Error, path: Path) -> StoreError:
+    if isinstance(exc, sqlite3.IntegrityError):  # the market id is already another order's
+        return StoreError(f"{path}: the journal refused the order's news: {exc}")
+    if is_store_fault(exc):
+        return failure(exc, path, StoreError)
+    return StoreError(f"{path}: {exc}")

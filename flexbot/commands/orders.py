@@ -21,6 +21,7 @@ import trio
 from flexbot import config, model, rules, wire
 from flexbot.commands import UsageError, add_log_format, connection
 from flexbot.commands.operator_journal import OperatorJournal, TwinInFlight
+from flexbot.engine.orders import CLOCK_SKEW, matches
 from flexbot.market import (
     AuthFailed,
     ConnectionSettings,
@@ -159,21 +160,53 @@ async def _place(
             return False
         return True
 
+    sent_at = datetime.now(UTC)
     try:
         order = await client.submit_order(request)
-    except (KeyboardInterrupt, trio.Cancelled):
-        print(MAY_EXIST.format("interrupted while the order was on its way"), file=sys.stderr)
-        note("unknown", reason="interrupted while the order was on its way")
-        raise
     except OutcomeUnknown as exc:
         print(MAY_EXIST.format(exc), file=sys.stderr)
-        note("unknown", reason=str(exc))
-        return 1
+        found = await _look_for(client, journal, request, sent_at) if journal else None
+        if found is None:
+            note("unknown", reason=str(exc))
+            return 1
+        print("flexbot orders place: found on the market after all:", file=sys.stderr)
+        order = found
+    except AuthFailed as exc:  # refused at the token endpoint: the order was not sent
+        note("rejected", reason=f"not sent: {exc}")
+        raise
     except MarketError as exc:
         note("rejected", reason=str(exc))
         raise
+    except BaseException as exc:  # interrupted, or anything unforeseen: it may be on its way
+        if isinstance(exc, KeyboardInterrupt | trio.Cancelled):
+            print(MAY_EXIST.format("interrupted while the order was on its way"), file=sys.stderr)
+        note("unknown", reason=f"{type(exc).__name__} while the order was on its way")
+        raise
     print(_line(order))
     return 0 if note("placed", order) else 1
+
+
+async def _look_for(
+    client: MarketClient, journal: OperatorJournal, request: model.OrderRequest, since: datetime
+) -> model.Order | None:
+    """The order an unknown submission became, where the market lists orders (the sandbox): the
+    one identical order made since, that no journalled order owns. None where there is no
+    listing, or no single such order."""
+    try:
+        listed = await client.list_orders()
+    except MarketError:
+        return None
+    candidates = [
+        o
+        for o in listed
+        if matches(request, o) and (o.created_at is None or o.created_at >= since - CLOCK_SKEW)
+    ]
+    try:
+        owned = journal.owned([o.order_id for o in candidates])
+    except StoreError:
+        return None
+    free = [o for o in candidates if o.order_id not in owned]
+    return free[0] if len(free) == 1 else None
 
 
 async def _login(session: MarketSession, settings: ConnectionSettings) -> None:

@@ -14,7 +14,7 @@ from flexbot.commands import add_config_option, add_log_format, first_leaf, load
 from flexbot.config import LoadedConfig
 from flexbot.engine import killswitch
 from flexbot.market.auth import AuthFailed
-from flexbot.store import Store, StoreError, StoreFailed, StoreLocked, failure, is_store_fault, lock
+from flexbot.store import Store, StoreError, StoreLocked, failure, is_store_fault, lock
 
 log = logs.get_logger("flexbot.daemon")
 
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         error = first_leaf(group)
         assert isinstance(error, StoreError)
         status = 1 if error.retry_may_fix else 2
-        if not isinstance(error, StoreFailed):  # a failure while trading logged store.failed
+        if not error.reported:  # a failure while trading logged `store.failed` already
             log.error(
                 "daemon.store_unusable",
                 reason=str(error),
@@ -97,6 +97,8 @@ def _kill_switch(action: str, loaded: LoadedConfig, store: Store) -> int:
                 f"kill switch engaged: the daemon (pid {running.pid}) cancels every order "
                 "within a second"
             )
+        elif running.held is None:
+            print(f"kill switch engaged: a running daemon cancels every order ({running.why})")
         else:
             print("kill switch engaged: no daemon runs on this store now; it starts halted")
     elif action == "release":

@@ -74,13 +74,15 @@ def report(
     started = store.flag(lock.STARTED_FLAG)
     if daemon.held:
         out.append(f"daemon: running (pid {daemon.pid or '?'}, started {started or '?'})")
+    elif daemon.held is None:
+        out.append(f"daemon: cannot tell whether it runs ({daemon.why})")
     else:
         last = f", last started {started}" if started else ""
         out.append(f"daemon: not running{last}")
     out += ["", "strategies"]
     for spec in loaded.strategies:
         mode = "disabled" if not spec.enabled else "dry run" if spec.dry_run else "live"
-        if mode == "live" and not daemon.held:
+        if mode == "live" and daemon.held is False:
             mode = "live when the daemon runs"
         out.append(f"  {spec.name:<16} {spec.cls.__name__} v{spec.version}, {mode}")
     latch = killswitch.latch_of(store)
@@ -98,7 +100,7 @@ def report(
     rows = store.orders()
     orders = [(row, _order(row)) for row in rows if row.origin == DAEMON]
     live = [
-        (row, order, _state(row, daemon.held))
+        (row, order, _state(row, daemon.held is not False))
         for row, order in orders
         if row.state in ("pending", "open", "unknown")
     ]

@@ -137,6 +137,7 @@ class Engine:
         self._rate = OrderRate(trio.current_time)
         self._strategy_rates = {name: OrderRate(trio.current_time) for name in self.runners}
         self._cancel_on_sight: set[str] = set()  # client ids to cancel as soon as they exist
+        self._ambiguous: set[str] = set()  # unknown intents logged as `order.ambiguous` once
         self._resolve_now = trio.Event()
         self._killed: list[str] = []
         self._listing: bool | None = None  # does the market list our orders? None: not tried
@@ -531,6 +532,7 @@ class Engine:
             self.tracker.forget_finished(self.clock.now() - FORGET_AFTER)
             live = {i.client_id for i in self.tracker.live()}
             self._cancel_on_sight &= live
+            self._ambiguous &= live
             self._unknown_since = {k: v for k, v in self._unknown_since.items() if k in live}
 
     async def resolve(self) -> None:
@@ -552,7 +554,9 @@ class Engine:
                     continue
                 if any(could_be(intent, o) for o in sorted_out.ambiguous):
                     # Ours or the operator's: not "not placed"; wait for the operator's answer.
-                    log.info("order.ambiguous", **_describe(intent), like="an operator's order")
+                    if intent.client_id not in self._ambiguous:
+                        self._ambiguous.add(intent.client_id)
+                        log.info("order.ambiguous", **_describe(intent), like="an operator's order")
                 else:
                     age = started - self._unknown_since.setdefault(intent.client_id, started)
                     if age >= self.settings.not_placed_after_s:

@@ -76,8 +76,10 @@ def matches(request: model.OrderRequest, order: model.Order) -> bool:
 
 
 # How much earlier than the intent (market time) a market order may say it was created and still
-# be the intent's: the market's clock and ours differ by a little.
-CLOCK_SKEW = timedelta(seconds=5)
+# be the intent's. The market's clock and ours differ; a host clock minutes off must not make our
+# own orders unclaimable (they would be followed by nobody), so the margin is wide: what it keeps
+# out is an identical order of an earlier day or run (orders the journal owns are out anyway).
+CLOCK_SKEW = timedelta(minutes=5)
 
 
 def could_be(intent: Intent, order: model.Order) -> bool:
@@ -424,19 +426,15 @@ class OrderTracker:
         fresh = [o for o in orders if o.order_id not in self._by_order_id]
         if not fresh or self._store is None:
             return Unclaimed(fresh)
-        owned, in_flight = await self._store.run(self._journal_view, [o.order_id for o in fresh])
+        owned, in_flight = await self._store.run(
+            self._store.sync.ownership, [o.order_id for o in fresh]
+        )
         free = [o for o in fresh if o.order_id not in owned]
         if not in_flight:
             return Unclaimed(free)
         theirs = [wire.decode(row.request, model.OrderRequest) for row in in_flight]
         ambiguous = [o for o in free if any(matches(request, o) for request in theirs)]
         return Unclaimed([o for o in free if o not in ambiguous], ambiguous)
-
-    def _journal_view(self, order_ids: list[str]) -> tuple[set[str], list[JournalRow]]:
-        """(In the store's thread) the ids the journal owns; the operator's orders in flight."""
-        assert self._store is not None
-        sync = self._store.sync
-        return sync.journalled_order_ids(order_ids), sync.operator_in_flight()
 
     async def apply(self, event: TradeEvent, now: datetime) -> list[Change]:
         message = event.message

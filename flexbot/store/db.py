@@ -11,7 +11,7 @@ from typing import Any, ParamSpec, TypeVar
 import trio
 from attrs import frozen
 
-from flexbot.store.faults import StoreError, failure, is_store_fault, os_failure
+from flexbot.store.faults import StoreError, StoreFailed, failure, is_store_fault, os_failure
 from flexbot.store.schema import DAEMON, OPERATOR, migrate, transaction
 
 P = ParamSpec("P")
@@ -172,6 +172,28 @@ class Store:
         )
         return list(self._rows(clause))
 
+    def ownership(self, order_ids: Iterable[str]) -> tuple[set[str], list[JournalRow]]:
+        """`journalled_order_ids` and `operator_in_flight` from one snapshot: read apart, an
+        operator's answer committed between the two would show its order in neither."""
+        self._db.execute("BEGIN")
+        try:
+            return self.journalled_order_ids(order_ids), self.operator_in_flight()
+        finally:
+            self._db.execute("COMMIT")
+
+    def journal_unless_twin(self, row: JournalRow) -> JournalRow | None:
+        """Journal `row`, unless an unresolved order with its fingerprint (`unresolved_with`) is
+        journalled: then that one, and nothing is written. One transaction: two operators placing
+        the same order at once cannot both pass."""
+        with transaction(self._db):
+            twins = self.unresolved_with(row.fingerprint)
+            if twins:
+                return twins[0]
+            values = [getattr(row, c) for c in _COLUMNS]
+            marks = ", ".join("?" for _ in _COLUMNS)
+            self._db.execute(f"INSERT INTO orders ({', '.join(_COLUMNS)}) VALUES ({marks})", values)
+            return None
+
     def unresolved_with(self, fingerprint: str) -> list[JournalRow]:
         """Every order, the daemon's or an operator's, with this fingerprint and no market id
         that may still be on its way (the daemon's pending or unknown, an operator's likewise)."""
@@ -308,12 +330,21 @@ class AsyncStore:
     def __init__(self, store: Store) -> None:
         self.sync = store
         self._lock = trio.Lock()
+        # The first fault, latched: the daemon halts on it even if the task that met it swallowed
+        # it (a strategy's own `except Exception` around `ctx.place`).
+        self.failed: StoreFailed | None = None
+        self.failing = trio.Event()
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         async with self._lock:
             try:
                 return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs))
             except sqlite3.Error as exc:
-                if is_store_fault(exc):
-                    raise failure(exc, self.sync.path) from exc
-                raise
+                if not is_store_fault(exc):
+                    raise
+                failed = failure(exc, self.sync.path)
+                assert isinstance(failed, StoreFailed)
+                if self.failed is None:
+                    self.failed = failed
+                    self.failing.set()
+                raise failed from exc

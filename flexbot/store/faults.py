@@ -15,6 +15,7 @@ class StoreError(Exception):
     def __init__(self, message: str, *, retry_may_fix: bool = False) -> None:
         super().__init__(message)
         self.retry_may_fix = retry_may_fix
+        self.reported = False  # logged already (`store.failed`): the exit says no more
 
 
 class StoreFailed(StoreError):
@@ -24,7 +25,16 @@ class StoreFailed(StoreError):
 # SQLite's primary result codes that no retry fixes: SQLITE_PERM, SQLITE_READONLY, SQLITE_CORRUPT,
 # SQLITE_AUTH, SQLITE_NOTADB. Everything else that reaches us as an operational error (SQLITE_FULL,
 # SQLITE_IOERR, SQLITE_BUSY, SQLITE_CANTOPEN, SQLITE_NOMEM …) may pass.
-_PERMANENT = {3: "no permission", 8: "read-only", 11: "damaged", 23: "no permission", 26: "damaged"}
+_PERMANENT = {
+    3: "no permission",
+    8: "read-only",
+    11: "damaged",
+    14: "cannot be opened",  # SQLITE_CANTOPEN: a file mode, a folder that is a file, …
+    23: "no permission",
+    26: "damaged",
+}
+# SQLITE_ERROR (a wrong statement), SQLITE_MISUSE, SQLITE_RANGE: our bug, not the disk's.
+_OURS = {1, 21, 25}
 
 
 def failure(exc: sqlite3.Error, path: Path, kind: type[StoreError] = StoreFailed) -> StoreError:
@@ -53,13 +63,19 @@ def failure(exc: sqlite3.Error, path: Path, kind: type[StoreError] = StoreFailed
 
 
 def is_store_fault(exc: BaseException) -> bool:
-    """A fault of the file or the disk, not of our SQL (an IntegrityError is a bug, not a disk)."""
-    return type(exc) in (sqlite3.DatabaseError, sqlite3.OperationalError)
+    """A fault of the file or the disk, not of our SQL (an IntegrityError or a wrong statement is
+    a bug: it stays what it is, and is not waited out as if the disk were full)."""
+    if type(exc) not in (sqlite3.DatabaseError, sqlite3.OperationalError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    return not (isinstance(code, int) and code & 0xFF in _OURS)
+
+
+# Faults of the file system that may pass by themselves; any other (no permission, a read-only
+# file system, a folder that is a file) needs an operator.
+_PASSING = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.EINTR, errno.ENOMEM}
 
 
 def os_failure(exc: OSError, what: str) -> StoreError:
-    """A file-system error around the store (its folder, its lock file) as a `StoreError`: no
-    permission or a read-only file system needs an operator; anything else (a full disk) may pass.
-    """
-    permanent = exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
-    return StoreError(f"{what}: {exc.strerror}", retry_may_fix=not permanent)
+    """A file-system error around the store (its folder, its lock file) as a `StoreError`."""
+    return StoreError(f"{what}: {exc.strerror}", retry_may_fix=exc.errno in _PASSING)

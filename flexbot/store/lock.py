@@ -47,19 +47,41 @@ class StoreLocked(StoreError):
 
 
 def lock_path(store: Path) -> Path:
+    """Beside the store's real file: two names of one store (a symlink) share one lock."""
+    with contextlib.suppress(OSError, RuntimeError):  # a loop of links: the name as given
+        store = store.resolve()
     return store.with_name(store.name + ".lock")
 
 
 @frozen
 class Holder:
-    """What `holder()` found: whether a process holds the lock, and its pid."""
+    """What `holder()` found: whether a process holds the lock (None: cannot tell, e.g. the lock
+    file is not readable by this user), and its pid."""
 
-    held: bool
+    held: bool | None
     pid: int | None = None
+    why: str = ""
+
+
+class Held:
+    """The lock, held: `stamp` writes the holder's pid into its file."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def stamp(self) -> bool:
+        """Best effort (False if the disk is full: the lock holds all the same, only its pid is
+        not told; the daemon stamps again once the store takes writes)."""
+        try:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            return False
+        return True
 
 
 @contextlib.contextmanager
-def hold(store: Path, *, patience_s: float = ACQUIRE_PATIENCE_S) -> Iterator[None]:
+def hold(store: Path, *, patience_s: float = ACQUIRE_PATIENCE_S) -> Iterator[Held]:
     """Hold the store's lock for the duration; `StoreLocked` at once if another process has it.
 
     The lock file cannot be made (no permission, a full disk): a `StoreError` that says whether
@@ -80,10 +102,9 @@ def hold(store: Path, *, patience_s: float = ACQUIRE_PATIENCE_S) -> Iterator[Non
                 if time.monotonic() >= deadline:
                     raise StoreLocked(store, _read_pid(fd)) from None
                 time.sleep(_POLL_S)
-        with contextlib.suppress(OSError):  # a full disk must not stop a daemon that has the lock
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
+        held = Held(fd)
+        held.stamp()
+        yield held
     finally:
         os.close(fd)  # releases the lock (the pid stays: only a held lock makes it meaningful)
 
@@ -96,6 +117,8 @@ def holder(store: Path) -> Holder:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return Holder(held=False)
+    except OSError as exc:
+        return Holder(held=None, why=f"cannot read {path}: {exc.strerror}")
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -104,7 +127,7 @@ def holder(store: Path) -> Holder:
         except OSError as exc:
             if exc.errno in (errno.EAGAIN, errno.EACCES):
                 return Holder(held=True, pid=_read_pid(fd))
-            raise
+            return Holder(held=None, why=f"cannot lock {path}: {exc.strerror}")
         return Holder(held=False)
     finally:
         os.close(fd)

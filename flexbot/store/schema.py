@@ -61,7 +61,7 @@ MIGRATIONS: Sequence[str] = (
     # The daemon follows only its own; an operator's order is never claimed by an unknown intent.
     """
     ALTER TABLE orders ADD COLUMN origin TEXT NOT NULL DEFAULT 'daemon';
-    DROP INDEX orders_following;
+    DROP INDEX IF EXISTS orders_following;
     CREATE INDEX orders_following ON orders (following) WHERE following = 1 AND origin = 'daemon';
     CREATE INDEX orders_operator ON orders (fingerprint) WHERE origin = 'operator';
     """,
@@ -99,6 +99,8 @@ def transaction(db: sqlite3.Connection) -> _Transaction:
 
 
 def migrate(db: sqlite3.Connection, path: Path) -> None:
+    """Each missing step in its own transaction. The version is read again inside it: a command
+    (`flexbot status`) and the daemon opening an old store at once must not both apply a step."""
     version = int(db.execute("PRAGMA user_version").fetchone()[0])
     if version > len(MIGRATIONS):
         raise StoreError(
@@ -107,6 +109,8 @@ def migrate(db: sqlite3.Connection, path: Path) -> None:
         )
     for target in range(version + 1, len(MIGRATIONS) + 1):
         with transaction(db):
+            if int(db.execute("PRAGMA user_version").fetchone()[0]) >= target:
+                continue  # applied meanwhile by another process
             for statement in _statements(MIGRATIONS[target - 1]):
                 db.execute(statement)
             db.execute(f"PRAGMA user_version = {target}")
