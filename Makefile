@@ -37,7 +37,7 @@ bench: $(STAMP)  ## every benchmark with its baseline (ARGS="--quick" for a smok
 	$(BIN)/python bench/run_all.py $(ARGS)
 
 chaos: $(STAMP)  ## the long chaos run: 15 minutes of faults and SIGKILLs (ARGS to change)
-	$(BIN)/python bench/chaos.py $(or $(ARGS),--duration 900 --kills 20)
+	$(BIN)/python -m bench.chaos $(or $(ARGS),--duration 900 --kills 20)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

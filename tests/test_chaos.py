@@ -1,4 +1,4 @@
-"""The chaos run (`bench/chaos.py`) in its short form, and the referee's downtime accounting.
+"""The chaos run (`bench/chaos/`) in its short form, and the referee's downtime accounting.
 
 The short form: a sandbox with every fault on at once (drops every 10 s, tokens living 5 s, 10%
 5xx, ambiguous answers; 429 storms, half-open links and hanging answers in bursts), the daemon

@@ -282,7 +282,9 @@ async def test_a_submission_cut_off_by_the_callback_timeout_is_resolved_not_stuc
     it becomes unknown (not stuck pending) and is then found on the market."""
     sandbox.market.faults.update({"rest_latency_ms": 1500})
     supervision = attrs.evolve(FAST.supervision, callback_timeout_s=0.5, max_failures=100)
-    settings = attrs.evolve(FAST, supervision=supervision)
+    # The cut-off POST is still on its way for the rest of its 1.5 s latency: a listing before it
+    # lands must not yet mean "not placed" (found flaky on a loaded machine with FAST's 0.5 s).
+    settings = attrs.evolve(FAST, supervision=supervision, not_placed_after_s=5.0)
     async with running_engine(sandbox, [spec(PlaceOnce)], settings=settings) as h:
         await until(lambda: any(i.reason and "cancelled" in i.reason for i in h.tracker))
         sandbox.market.faults.update({"rest_latency_ms": 0})
