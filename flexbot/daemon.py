@@ -33,14 +33,14 @@ from flexbot.alarms import AlarmBounds, watch_for_silence
 from flexbot.clock import MarketClock
 from flexbot.engine.engine import Engine, EngineSettings
 from flexbot.engine.killswitch import KillSwitch, engage_latch
-from flexbot.engine.orders import OrderTracker
+from flexbot.engine.orders import OrderTracker, sold_power
 from flexbot.engine.recording import Recorder
 from flexbot.market.feed import MarketFeed
 from flexbot.market.session import MarketSession, connect
-from flexbot.meters.hub import MeterHub, sold_power
+from flexbot.meters.hub import MeterHub
 from flexbot.store import AsyncStore, Store, StoreError, StoreFailed, failure, is_store_fault, lock
-from flexbot.strategy import IntentState
 from flexbot.systemd import Notifier
+from flexbot.trading import IntentState
 from flexbot.verification import VerificationSettings, Verifier
 
 if TYPE_CHECKING:

@@ -42,7 +42,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from flexbot import logs
-from flexbot.strategy import IntentState
+from flexbot.trading import IntentState
 
 if TYPE_CHECKING:
     from flexbot.daemon import Parts

@@ -21,6 +21,7 @@ import enum
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Protocol
 
 from attrs import frozen
 
@@ -248,4 +249,34 @@ def validate_order_request(
         check_order_request(
             req, now, strictness=strictness, gate_closure_s=gate_closure_s, caps=caps
         )
+    )
+
+
+# --- which orders may trade with each other ------------------------------------------------------
+
+
+class InMarket(Protocol):
+    """An order, an order request or a book entry: what places it in a market."""
+
+    @property
+    def delivery_start(self) -> datetime: ...
+    @property
+    def delivery_end(self) -> datetime: ...
+    @property
+    def location(self) -> model.Location: ...
+
+
+def countries_meet(a: str, b: str) -> bool:
+    """Two orders' countries let them trade: the same, or either left empty (any country)."""
+    return not a or not b or a == b
+
+
+def may_meet(a: InMarket, b: InMarket) -> bool:
+    """The one rule of who may trade with whom (sandbox matching, paper fills, a strategy's view
+    of the book, the feed's crossed-book check): the same delivery window, and countries that
+    meet. Prices, the all-or-nothing sell and owners are each matcher's own business."""
+    return (
+        a.delivery_start == b.delivery_start
+        and a.delivery_end == b.delivery_end
+        and countries_meet(a.location.country_code, b.location.country_code)
     )

@@ -20,8 +20,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flexbot import model, rules, wire
+from flexbot.market.feed import crossed_windows
 from flexbot.problems import Invalid, Loc, render_loc
 from flexbot.rules import Strictness
+from flexbot.strategy import Window, asks_in, bids_in
 from tests import strategies_model as sm
 
 FAST = settings(max_examples=200, deadline=None)
@@ -670,3 +672,33 @@ def test_energy_is_power_times_hours_and_adds_up_over_windows(
     assert rules.energy_wh(power, start, end) == rules.energy_wh(
         power, start, middle
     ) + rules.energy_wh(power, middle, end)
+
+
+# --- who may trade with whom: one rule, the same everywhere -------------------------------------
+
+_QUARTER = timedelta(minutes=15)
+_T = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+@given(
+    bid_country=st.sampled_from(["", "DE", "FR"]),
+    ask_country=st.sampled_from(["", "DE", "FR"]),
+    ask_later=st.booleans(),
+)
+def test_one_rule_of_who_may_trade_holds_in_every_place(
+    bid_country: str, ask_country: str, ask_later: bool
+) -> None:
+    """Found by a review: the feed's crossed-book check keyed bids by their exact country, so a
+    bid for any country (empty) never crossed an ask for DE, where the matcher would trade them."""
+    start = _T + (_QUARTER if ask_later else timedelta(0))
+    bid = model.BookEntry("buy", Decimal(1000), Decimal("0.3"), _T, _T + _QUARTER,
+                          model.Location(("b",), bid_country))  # fmt: skip
+    ask = model.BookEntry("sell", Decimal(1000), Decimal("0.1"), start, start + _QUARTER,
+                          model.Location(("a",), ask_country))  # fmt: skip
+    expected = not ask_later and (not bid_country or not ask_country or bid_country == ask_country)
+    assert rules.may_meet(bid, ask) is expected
+    assert rules.may_meet(ask, bid) is expected
+    book = model.OrderBook(bids={"1": (bid,)}, asks={"2": (ask,)})
+    assert bool(crossed_windows(book)) is expected
+    assert (bids_in(book, Window.of(ask), ask_country) == [bid]) is expected
+    assert (asks_in(book, Window.of(bid), bid_country) == [ask]) is expected

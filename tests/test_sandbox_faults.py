@@ -26,10 +26,11 @@ from trio_websocket import ConnectionClosed, ConnectionRejected
 from flexbot import model, wire
 from flexbot.clock import ManualWall, MarketClock
 from flexbot.problems import Invalid
+from flexbot.rules import may_meet
 from flexbot.sandbox.counterparties import Counterparties
 from flexbot.sandbox.faults import FAULT_NAMES, FaultSettings, parse_fault_option
 from flexbot.sandbox.market import MarketSettings, SandboxMarket
-from flexbot.sandbox.matching import BookOrder, MatchingError, countries_compatible
+from flexbot.sandbox.matching import BookOrder, MatchingError
 from flexbot.sandbox.server import ServerSettings
 from tests.conftest import MARKET_START, USERS, Sandbox
 from tests.test_sandbox_streams import (
@@ -611,7 +612,7 @@ def could_trade(buy: BookOrder, sell: BookOrder, now: Any) -> bool:
         buy.window == sell.window
         and buy.price >= sell.price
         and buy.owner != sell.owner
-        and countries_compatible(buy.request.location, sell.request.location)
+        and may_meet(buy.request, sell.request)
         and sell.remaining_w <= buy.remaining_w
         and buy.expires_at > now
         and sell.expires_at > now

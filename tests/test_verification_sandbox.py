@@ -15,8 +15,9 @@ import pytest
 import trio
 
 from flexbot import model
+from flexbot.engine.orders import sold_power
 from flexbot.meters.builder import Kind
-from flexbot.meters.hub import MeterHub, sold_power
+from flexbot.meters.hub import MeterHub
 from flexbot.meters.source import BaselineSettings, MeterSettings, SyntheticSettings
 from flexbot.meters.synthetic import SyntheticMeter
 from flexbot.strategy import Context, Strategy, Window

@@ -50,7 +50,7 @@ from flexbot.market.backoff import Backoff
 from flexbot.market.errors import Conflict, MarketError, NotFound, OutcomeUnknown
 from flexbot.market.feed import MarketFeed, TradeEvent
 from flexbot.schedule import run_timer
-from flexbot.strategy import IntentState, OwnOrder, Window
+from flexbot.trading import IntentState, OwnOrder, Window
 
 log = logs.get_logger("flexbot.engine")
 

@@ -22,7 +22,7 @@ older report (`updated_at`) never replaces a newer one, and contracts are merged
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -34,7 +34,7 @@ from attrs import define, frozen
 from flexbot import logs, model, wire
 from flexbot.market.feed import TradeEvent
 from flexbot.store import AsyncStore, JournalRow
-from flexbot.strategy import IntentState, OwnOrder, Position, Window
+from flexbot.trading import IntentState, OwnOrder, Position, Window
 
 log = logs.get_logger("flexbot.engine.orders")
 
@@ -567,3 +567,20 @@ def lapse_due(intent: Intent, now: datetime, grace: timedelta) -> bool:
     """An unknown intent whose expiry (and a grace for late reports) has passed can no longer
     trade: if it was placed, it expired unseen."""
     return intent.state is IntentState.UNKNOWN and now > intent.request.expiry_time + grace
+
+
+def sold_power(tracker: OrderTracker) -> Callable[[str, datetime], Decimal]:
+    """W of sells traded (contracts) for the window holding `at` at a location: what the assets
+    must deliver then (the meters' `Delivering`, handed to them at wiring time)."""
+
+    def delivering(location_id: str, at: datetime) -> Decimal:
+        total = Decimal(0)
+        for intent in tracker:
+            request = intent.request
+            if request.side != "sell" or location_id not in request.location.location_id:
+                continue
+            if Window.of(request).start <= at < Window.of(request).end and intent.order:
+                total += intent.order.filled_power
+        return total
+
+    return delivering

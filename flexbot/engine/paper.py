@@ -159,13 +159,7 @@ class PaperBroker:
 
     def _fill_power(self, paper: _Paper, entry: model.BookEntry) -> Decimal | None:
         request = paper.request
-        if (entry.delivery_start, entry.delivery_end) != (
-            request.delivery_start,
-            request.delivery_end,
-        ):
-            return None
-        ours, theirs = request.location.country_code, entry.location.country_code
-        if ours and theirs and ours != theirs:
+        if not rules.may_meet(request, entry):
             return None
         available = entry.power - self._taken.get(_key(entry), Decimal(0))
         remaining = request.power - paper.order.filled_power

@@ -32,7 +32,7 @@ from flexbot.market.feed import TradeEvent
 from flexbot.market.streams import Endpoint
 from flexbot.problems import Invalid
 from flexbot.schedule import Schedule
-from flexbot.strategy import IntentState, Window
+from flexbot.trading import IntentState, Window
 
 
 @define

@@ -28,7 +28,7 @@ from attrs import frozen
 
 from flexbot import model
 from flexbot.problems import Invalid
-from flexbot.strategy import Position
+from flexbot.trading import Position
 
 
 class TradingState(enum.StrEnum):

@@ -25,7 +25,8 @@ from flexbot.engine.inbox import Inbox, Item
 from flexbot.engine.loader import StrategySpec
 from flexbot.market.backoff import Backoff
 from flexbot.store import StoreFailed
-from flexbot.strategy import OwnOrder, Position, Strategy, Window
+from flexbot.strategy import Strategy
+from flexbot.trading import OwnOrder, Position, Window
 
 if TYPE_CHECKING:
     from flexbot.engine.engine import Engine

@@ -15,7 +15,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from flexbot import model
-from flexbot.strategy import OwnOrder
+from flexbot.trading import OwnOrder
 
 EntryKey = tuple[str, Decimal, Decimal, datetime, datetime, str, tuple[str | None, ...]]
 

@@ -32,7 +32,7 @@ from typing import Any, Literal, Protocol
 import trio
 from attrs import frozen
 
-from flexbot import logs, model, wire
+from flexbot import logs, model, rules, wire
 from flexbot.market.auth import TokenManager
 from flexbot.market.buffers import Conflator, DropOldest
 from flexbot.market.errors import MarketError, NotFound
@@ -279,23 +279,23 @@ CrossKey = tuple[datetime, datetime, str]
 
 
 def crossed_windows(book: model.OrderBook) -> dict[CrossKey, tuple[Decimal, Decimal]]:
-    """(window, country) → (bid, ask) where a bid and an ask could have traded and did not: the
-    bid is at least the ask and large enough to take the (all-or-nothing) sell. The market may
-    still leave such a pair (the same owner on both sides is invisible here), so it is an anomaly
-    to log, never an error."""
-    bids: dict[CrossKey, list[model.BookEntry]] = {}
+    """(window, country) → (bid, ask) where a bid and an ask could have traded and did not: they
+    may meet (`rules.may_meet`: an empty country meets any), the bid is at least the ask and large
+    enough to take the (all-or-nothing) sell. The market may still leave such a pair (the same
+    owner on both sides is invisible here), so it is an anomaly to log, never an error. The key's
+    country is the ask's, or the bid's where the ask names none."""
+    bids: dict[tuple[datetime, datetime], list[model.BookEntry]] = {}
     for entry in book.flat_bids():
-        key = (entry.delivery_start, entry.delivery_end, entry.location.country_code)
-        bids.setdefault(key, []).append(entry)
+        bids.setdefault((entry.delivery_start, entry.delivery_end), []).append(entry)
     crossed: dict[CrossKey, tuple[Decimal, Decimal]] = {}
     for ask in book.flat_asks():
-        key = (ask.delivery_start, ask.delivery_end, ask.location.country_code)
-        if key in crossed:
-            continue
-        for bid in bids.get(key, ()):
+        for bid in bids.get((ask.delivery_start, ask.delivery_end), ()):
             if bid.price < ask.price:
                 break  # bids are best first: none further can cross
-            if bid.power >= ask.power:
-                crossed[key] = (bid.price, ask.price)
+            if bid.power >= ask.power and rules.may_meet(bid, ask):
+                country = ask.location.country_code or bid.location.country_code
+                crossed.setdefault(
+                    (ask.delivery_start, ask.delivery_end, country), (bid.price, ask.price)
+                )
                 break
     return crossed

@@ -16,7 +16,6 @@ import trio
 
 from flexbot import logs
 from flexbot.clock import MarketClock
-from flexbot.engine.orders import OrderTracker
 from flexbot.meters.csv_files import CsvMeter
 from flexbot.meters.http_poll import HttpMeter
 from flexbot.meters.source import (
@@ -31,7 +30,6 @@ from flexbot.meters.source import (
 )
 from flexbot.meters.synthetic import SyntheticMeter
 from flexbot.store import AsyncStore
-from flexbot.strategy import Window
 
 log = logs.get_logger("flexbot.meters")
 
@@ -91,20 +89,3 @@ class MeterHub:
             last = self.last_reading.get(reading.meter_id)
             if last is None or reading.at > last:
                 self.last_reading[reading.meter_id] = reading.at
-
-
-def sold_power(tracker: OrderTracker) -> Delivering:
-    """W of sells traded (contracts) for the window holding `at` at a location: what the assets
-    must deliver then."""
-
-    def delivering(location_id: str, at: datetime) -> Decimal:
-        total = Decimal(0)
-        for intent in tracker:
-            request = intent.request
-            if request.side != "sell" or location_id not in request.location.location_id:
-                continue
-            if Window.of(request).start <= at < Window.of(request).end and intent.order:
-                total += intent.order.filled_power
-        return total
-
-    return delivering

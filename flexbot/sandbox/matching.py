@@ -35,7 +35,7 @@ from attrs import define, frozen
 
 from flexbot import model
 from flexbot.model import OrderStatus, Side
-from flexbot.rules import energy_wh
+from flexbot.rules import energy_wh, may_meet
 from flexbot.sandbox.events import (
     BookChanged,
     ContractChanged,
@@ -115,10 +115,6 @@ def _book_key(order: BookOrder) -> tuple[Decimal, int]:
     assert order.book_seq is not None
     price = -order.price if order.side is Side.BUY else order.price
     return (price, order.book_seq)
-
-
-def countries_compatible(a: model.Location, b: model.Location) -> bool:
-    return not a.country_code or not b.country_code or a.country_code == b.country_code
 
 
 class Matcher:
@@ -314,7 +310,7 @@ class Matcher:
                 break  # the list is in price order: nothing further can cross
             if buy.owner == sell.owner or resting.expires_at <= now:
                 continue
-            if not countries_compatible(buy.request.location, sell.request.location):
+            if not may_meet(buy.request, sell.request):
                 continue
             if sell.remaining_w > buy.remaining_w:
                 continue  # all-or-nothing sell does not fit this buy
