@@ -14,7 +14,6 @@ import json
 import logging
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, cast
 
@@ -37,33 +36,10 @@ from flexbot.redaction import REDACTED, KnownSecrets, redact_url, scrub
 from flexbot.strategy import Context, Strategy
 from tests.conftest import Sandbox
 from tests.engine_harness import running_engine, spec, trader, until
+from tests.logging_state import logging_restored
 
 URL_PASSWORD = "hunter2-in-the-url"
 MARKET_URL = f"https://operator:{URL_PASSWORD}@market.test"
-
-
-@contextmanager
-def logging_restored() -> Iterator[None]:
-    """`logs.configure` sets process-wide state (structlog, the root logger, sys.excepthook):
-    put it back as it was afterwards."""
-    saved_structlog = structlog.get_config()
-    was_configured = structlog.is_configured()
-    root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
-    quiet = {name: logging.getLogger(name).level for name in ("httpx", "httpcore")}
-    saved_hook = sys.excepthook
-    try:
-        yield
-    finally:
-        if was_configured:
-            structlog.configure(**saved_structlog)
-        else:
-            structlog.reset_defaults()
-        root.handlers[:] = saved_handlers
-        root.setLevel(saved_level)
-        for name, level in quiet.items():
-            logging.getLogger(name).setLevel(level)
-        sys.excepthook = saved_hook
 
 
 class Output:

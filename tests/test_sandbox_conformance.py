@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import logging
 import ssl
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -20,7 +19,6 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
-import structlog
 import trio
 from cryptography import x509
 
@@ -29,6 +27,7 @@ from flexbot.sandbox.market import MarketSettings
 from flexbot.sandbox.ratelimit import RateLimit
 from flexbot.sandbox.server import ServerSettings
 from tests.conftest import MARKET_START, USERS, Sandbox
+from tests.logging_state import logging_restored
 
 pytestmark = pytest.mark.anyio
 
@@ -400,25 +399,11 @@ async def test_access_token_expires_after_its_ttl_and_a_refreshed_one_works(
 def log_output() -> Iterator[io.StringIO]:
     """The sandbox's log lines, configured as the CLI does (JSON), written to a buffer.
 
-    `logs.configure` sets process-wide structlog and root-logger state: restore it afterwards."""
-    saved_structlog = structlog.get_config()
-    was_configured = structlog.is_configured()
-    root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
-    quiet = {name: logging.getLogger(name).level for name in ("httpx", "httpcore")}
+    `logs.configure` sets process-wide state: restored afterwards."""
     buffer = io.StringIO()
-    logs.configure(json=True, stream=buffer)
-    try:
+    with logging_restored():
+        logs.configure(json=True, stream=buffer)
         yield buffer
-    finally:
-        if was_configured:
-            structlog.configure(**saved_structlog)
-        else:
-            structlog.reset_defaults()
-        root.handlers[:] = saved_handlers
-        root.setLevel(saved_level)
-        for name, level in quiet.items():
-            logging.getLogger(name).setLevel(level)
 
 
 async def test_tokens_and_passwords_never_reach_the_log(
