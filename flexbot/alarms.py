@@ -23,7 +23,7 @@ import trio
 from attrs import frozen
 
 from flexbot import logs, model
-from flexbot.market.streams import Endpoint
+from flexbot.market import Endpoint
 
 if TYPE_CHECKING:
     from flexbot.daemon import Parts

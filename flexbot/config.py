@@ -33,9 +33,7 @@ from attrs import frozen
 from flexbot import wire
 from flexbot.engine.loader import StrategySpec, load_spec
 from flexbot.engine.risk import RiskLimits
-from flexbot.market.auth import Secret
-from flexbot.market.session import ConnectionSettings
-from flexbot.market.streams import MAX_BOOK_MESSAGE_BYTES
+from flexbot.market import MAX_BOOK_MESSAGE_BYTES, ConnectionSettings, Secret
 from flexbot.meters.builder import Kind
 from flexbot.meters.source import (
     BaselineSettings,

@@ -35,8 +35,7 @@ from flexbot.engine.engine import Engine, EngineSettings
 from flexbot.engine.killswitch import KillSwitch, engage_latch
 from flexbot.engine.orders import OrderTracker, sold_power
 from flexbot.engine.recording import Recorder
-from flexbot.market.feed import MarketFeed
-from flexbot.market.session import MarketSession, connect
+from flexbot.market import MarketFeed, MarketSession, connect
 from flexbot.meters.hub import MeterHub
 from flexbot.store import AsyncStore, Store, StoreError, StoreFailed, failure, is_store_fault, lock
 from flexbot.systemd import Notifier

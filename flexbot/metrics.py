@@ -46,7 +46,7 @@ from flexbot.trading import IntentState
 
 if TYPE_CHECKING:
     from flexbot.daemon import Parts
-    from flexbot.market.feed import MarketFeed
+    from flexbot.market import MarketFeed
 
 log = logs.get_logger("flexbot.metrics")
 

@@ -31,11 +31,10 @@ import trio
 from attrs import frozen
 
 from flexbot import logs, model, wire
+from flexbot.backoff import Backoff
 from flexbot.clock import Clock
 from flexbot.engine.orders import Change, Intent, OrderTracker
-from flexbot.market.backoff import Backoff
-from flexbot.market.errors import Conflict, MarketError, NotFound, Rejected
-from flexbot.market.rest import MarketClient
+from flexbot.market import Conflict, MarketClient, MarketError, NotFound, Rejected
 from flexbot.meters import baseline as baselines
 from flexbot.meters.builder import Quarter, Sample, energy_curve, meter_reading, quarters
 from flexbot.meters.source import MeterSettings, store_time

@@ -25,7 +25,7 @@ from flexbot.engine.orders import OrderTracker
 from flexbot.engine.risk import RiskLimits
 from flexbot.engine.runner import Supervision
 from flexbot.market.auth import Secret
-from flexbot.market.backoff import Backoff
+from flexbot.backoff import Backoff
 from flexbot.market.rest import MarketClient
 from flexbot.market.session import ConnectionSettings, MarketSession, connect
 from flexbot.market.streams import Endpoint, StreamSettings

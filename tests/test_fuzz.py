@@ -54,7 +54,7 @@ from flexbot.market import (
     TokenManager,
 )
 from flexbot.market.auth import TOKEN_PATH
-from flexbot.market.backoff import Backoff
+from flexbot.backoff import Backoff
 from flexbot.market.errors import MarketError
 from flexbot.market.streams import EXPECTED
 from tests import strategies_model as sm

@@ -32,7 +32,7 @@ from flexbot.market import (
     resolve_password,
 )
 from flexbot.market.auth import TOKEN_PATH
-from flexbot.market.backoff import Backoff
+from flexbot.backoff import Backoff
 from flexbot.sandbox.market import MarketSettings
 from tests.conftest import USERS, MaxRandom, Sandbox
 

@@ -45,7 +45,7 @@ from flexbot.market import (
     StreamSettings,
     TokenManager,
 )
-from flexbot.market.backoff import Backoff
+from flexbot.backoff import Backoff
 from flexbot.market.streams import MAX_BOOK_MESSAGE_BYTES, MAX_MESSAGE_BYTES
 from flexbot.metrics import stream_metrics
 from flexbot.sandbox.market import MarketSettings

@@ -42,7 +42,7 @@ from flexbot.market import (
     connect,
 )
 from flexbot.market.auth import TOKEN_PATH
-from flexbot.market.backoff import Backoff, Retrying
+from flexbot.backoff import Backoff, Retrying
 from flexbot.sandbox.auth import NotAuthenticated
 from flexbot.sandbox.market import MarketSettings
 from tests.conftest import MARKET_START, USERS, MaxRandom, Sandbox

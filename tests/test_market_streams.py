@@ -41,7 +41,7 @@ from flexbot.market import (
     TokenManager,
     TradeEvent,
 )
-from flexbot.market.backoff import Backoff
+from flexbot.backoff import Backoff
 from flexbot.market.feed import crossed_windows, differences
 from flexbot.sandbox.faults import FaultSettings
 from flexbot.sandbox.market import MarketSettings

@@ -13,7 +13,7 @@ from flexbot import daemon, logs, wire
 from flexbot.commands import add_config_option, add_log_format, first_leaf, load_config
 from flexbot.config import LoadedConfig
 from flexbot.engine import killswitch
-from flexbot.market.auth import AuthFailed
+from flexbot.market import AuthFailed
 from flexbot.store import Store, StoreError, StoreLocked, failure, is_store_fault, lock
 
 log = logs.get_logger("flexbot.daemon")

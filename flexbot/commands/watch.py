@@ -20,10 +20,16 @@ import trio
 from flexbot import model
 from flexbot.commands import UsageError, add_log_format, connection
 from flexbot.commands.argtypes import positive_float
-from flexbot.market import ConnectionSettings, Endpoint, StreamSettings, connect
-from flexbot.market.auth import AuthFailed
-from flexbot.market.feed import FeedSettings, MarketFeed
-from flexbot.market.session import ssl_context
+from flexbot.market import (
+    AuthFailed,
+    ConnectionSettings,
+    Endpoint,
+    FeedSettings,
+    MarketFeed,
+    StreamSettings,
+    connect,
+    ssl_context,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

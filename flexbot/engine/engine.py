@@ -28,6 +28,7 @@ import trio
 from attrs import frozen
 
 from flexbot import logs, model, rules, wire
+from flexbot.backoff import Backoff
 from flexbot.clock import Clock, MarketClock
 from flexbot.config import EngineConfig
 from flexbot.engine.inbox import Fact
@@ -46,9 +47,7 @@ from flexbot.engine.paper import PaperBroker
 from flexbot.engine.risk import Exposure, OrderRate, Rejection, RiskLimits, TradingState, check
 from flexbot.engine.runner import StrategyRunner, Supervision
 from flexbot.engine.view import MarketView, without_own
-from flexbot.market.backoff import Backoff
-from flexbot.market.errors import Conflict, MarketError, NotFound, OutcomeUnknown
-from flexbot.market.feed import MarketFeed, TradeEvent
+from flexbot.market import Conflict, MarketError, MarketFeed, NotFound, OutcomeUnknown, TradeEvent
 from flexbot.schedule import run_timer
 from flexbot.trading import IntentState, OwnOrder, Window
 

@@ -32,7 +32,7 @@ import orjson
 from attrs import define, frozen
 
 from flexbot import logs, model, wire
-from flexbot.market.feed import TradeEvent
+from flexbot.market import TradeEvent
 from flexbot.store import AsyncStore, JournalRow
 from flexbot.trading import IntentState, OwnOrder, Position, Window
 

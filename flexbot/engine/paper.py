@@ -28,7 +28,7 @@ import attrs
 from attrs import define
 
 from flexbot import model, rules
-from flexbot.market.errors import Conflict, NotFound
+from flexbot.market import Conflict, NotFound
 
 EntryKey = tuple[str, Decimal, Decimal, datetime, datetime, str, tuple[str | None, ...]]
 

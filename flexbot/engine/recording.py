@@ -18,7 +18,7 @@ import orjson
 from attrs import frozen
 
 from flexbot import wire
-from flexbot.market.streams import Endpoint
+from flexbot.market import Endpoint
 from flexbot.problems import Invalid
 
 

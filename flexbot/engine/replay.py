@@ -28,8 +28,7 @@ from flexbot.engine.engine import Engine, EngineSettings
 from flexbot.engine.loader import StrategySpec
 from flexbot.engine.orders import OrderTracker
 from flexbot.engine.recording import Recorded, read
-from flexbot.market.feed import TradeEvent
-from flexbot.market.streams import Endpoint
+from flexbot.market import Endpoint, TradeEvent
 from flexbot.problems import Invalid
 from flexbot.schedule import Schedule
 from flexbot.trading import IntentState, Window

@@ -21,9 +21,9 @@ import trio
 from attrs import frozen
 
 from flexbot import logs, model
+from flexbot.backoff import Backoff
 from flexbot.engine.inbox import Inbox, Item
 from flexbot.engine.loader import StrategySpec
-from flexbot.market.backoff import Backoff
 from flexbot.store import StoreFailed
 from flexbot.strategy import Strategy
 from flexbot.trading import OwnOrder, Position, Window

@@ -1,7 +1,7 @@
 """flexbot's connection to the GLocalFlex market: tokens, REST, WebSocket streams.
 
 It knows nothing of strategies. Its public face is these names; the modules behind them each have
-one job (`auth`, `rest`, `streams`, `feed`, `buffers`, `backoff`, `errors`, `session`).
+one job (`auth`, `rest`, `streams`, `feed`, `buffers`, `errors`, `session`).
 """
 
 from flexbot.market.auth import AuthFailed, Credentials, Secret, TokenManager
@@ -23,10 +23,17 @@ from flexbot.market.session import (
     MarketSession,
     connect,
     resolve_password,
+    ssl_context,
 )
-from flexbot.market.streams import Endpoint, StreamConsumer, StreamSettings
+from flexbot.market.streams import (
+    MAX_BOOK_MESSAGE_BYTES,
+    Endpoint,
+    StreamConsumer,
+    StreamSettings,
+)
 
 __all__ = [
+    "MAX_BOOK_MESSAGE_BYTES",
     "AuthFailed",
     "CancelResult",
     "Conflict",
@@ -54,4 +61,5 @@ __all__ = [
     "Unauthorized",
     "connect",
     "resolve_password",
+    "ssl_context",
 ]

@@ -25,7 +25,7 @@ import trio
 from attrs import define, frozen
 
 from flexbot import logs, wire
-from flexbot.market.backoff import Backoff, Retrying
+from flexbot.backoff import Backoff, Retrying
 from flexbot.model import TokenResponse
 from flexbot.problems import Invalid
 

@@ -27,8 +27,8 @@ import trio
 from attrs import frozen
 
 from flexbot import logs, model, wire
+from flexbot.backoff import Backoff, Retrying
 from flexbot.market.auth import TokenManager
-from flexbot.market.backoff import Backoff, Retrying
 from flexbot.market.errors import (
     Conflict,
     MarketError,

@@ -42,8 +42,8 @@ from trio_websocket import (
 from wsproto.utilities import LocalProtocolError
 
 from flexbot import logs, model, wire
+from flexbot.backoff import Backoff, Retrying
 from flexbot.market.auth import TokenManager
-from flexbot.market.backoff import Backoff, Retrying
 from flexbot.problems import Invalid
 
 log = logs.get_logger("flexbot.market.streams")

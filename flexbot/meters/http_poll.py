@@ -14,7 +14,7 @@ import httpx
 import trio
 
 from flexbot import logs, wire
-from flexbot.market.backoff import Backoff, Retrying
+from flexbot.backoff import Backoff, Retrying
 from flexbot.meters.source import Emit, HttpSettings, Reading
 from flexbot.problems import Invalid
 

@@ -28,7 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from flexbot import logs, wire
-from flexbot.market.backoff import Backoff, Retrying
+from flexbot.backoff import Backoff, Retrying
 from flexbot.meters.source import Emit, MqttSettings, Reading
 
 log = logs.get_logger("flexbot.meters.mqtt")
