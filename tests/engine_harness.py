@@ -18,6 +18,7 @@ import attrs
 import trio
 
 from flexbot import model
+from flexbot.backoff import Backoff
 from flexbot.engine.engine import Engine, EngineSettings
 from flexbot.engine.killswitch import KillSwitch
 from flexbot.engine.loader import StrategySpec
@@ -25,7 +26,6 @@ from flexbot.engine.orders import OrderTracker
 from flexbot.engine.risk import RiskLimits
 from flexbot.engine.runner import Supervision
 from flexbot.market.auth import Secret
-from flexbot.backoff import Backoff
 from flexbot.market.rest import MarketClient
 from flexbot.market.session import ConnectionSettings, MarketSession, connect
 from flexbot.market.streams import Endpoint, StreamSettings

@@ -42,6 +42,7 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from flexbot import config, logs, model, wire
+from flexbot.backoff import Backoff
 from flexbot.market import (
     Credentials,
     Endpoint,
@@ -54,7 +55,6 @@ from flexbot.market import (
     TokenManager,
 )
 from flexbot.market.auth import TOKEN_PATH
-from flexbot.backoff import Backoff
 from flexbot.market.errors import MarketError
 from flexbot.market.streams import EXPECTED
 from tests import strategies_model as sm

@@ -20,6 +20,7 @@ import pytest
 import trio
 from structlog.testing import capture_logs
 
+from flexbot.backoff import Backoff
 from flexbot.market import (
     AuthFailed,
     ConnectionSettings,
@@ -32,7 +33,6 @@ from flexbot.market import (
     resolve_password,
 )
 from flexbot.market.auth import TOKEN_PATH
-from flexbot.backoff import Backoff
 from flexbot.sandbox.market import MarketSettings
 from tests.conftest import USERS, MaxRandom, Sandbox
 

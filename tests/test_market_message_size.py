@@ -34,6 +34,7 @@ from structlog.testing import capture_logs
 from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
 from flexbot import model
+from flexbot.backoff import Backoff
 from flexbot.market import (
     Credentials,
     Endpoint,
@@ -45,7 +46,6 @@ from flexbot.market import (
     StreamSettings,
     TokenManager,
 )
-from flexbot.backoff import Backoff
 from flexbot.market.streams import MAX_BOOK_MESSAGE_BYTES, MAX_MESSAGE_BYTES
 from flexbot.metrics import stream_metrics
 from flexbot.sandbox.market import MarketSettings

@@ -25,6 +25,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flexbot import model, wire
+from flexbot.backoff import Backoff, Retrying
 from flexbot.market import (
     Conflict,
     ConnectionSettings,
@@ -42,7 +43,6 @@ from flexbot.market import (
     connect,
 )
 from flexbot.market.auth import TOKEN_PATH
-from flexbot.backoff import Backoff, Retrying
 from flexbot.sandbox.auth import NotAuthenticated
 from flexbot.sandbox.market import MarketSettings
 from tests.conftest import MARKET_START, USERS, MaxRandom, Sandbox

@@ -28,6 +28,7 @@ from structlog.testing import capture_logs
 from trio_websocket import WebSocketRequest, serve_websocket
 
 from flexbot import model
+from flexbot.backoff import Backoff
 from flexbot.market import (
     Credentials,
     Endpoint,
@@ -41,7 +42,6 @@ from flexbot.market import (
     TokenManager,
     TradeEvent,
 )
-from flexbot.backoff import Backoff
 from flexbot.market.feed import crossed_windows, differences
 from flexbot.sandbox.faults import FaultSettings
 from flexbot.sandbox.market import MarketSettings

@@ -33,8 +33,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from structlog.testing import capture_logs
 
-from flexbot.clock import ManualWall, MarketClock
 from flexbot.backoff import Backoff, Retrying
+from flexbot.clock import ManualWall, MarketClock
 from flexbot.meters.csv_files import CsvMeter
 from flexbot.meters.http_poll import HttpMeter
 from flexbot.meters.source import (
