@@ -232,11 +232,17 @@ async def _cancel_restored(store: AsyncStore, market: MarketSession, stop_now: t
     cancelled = 0
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_cut_short, stop_now, nursery.cancel_scope)
-        with trio.move_on_after(SHUTDOWN_TIMEOUT_S):
-            results = await market.client.cancel_many(ids)
-            cancelled = sum(1 for r in results if r.error is None)
+        cancelled = await _cancel_bounded(market, ids)
         nursery.cancel_scope.cancel()
     log.info("daemon.cancelled_on_shutdown", during="start-up", open=len(ids), cancelled=cancelled)
+
+
+async def _cancel_bounded(market: MarketSession, ids: list[str]) -> int:
+    """Cancel `ids` within the stop's bound; how many the market confirmed."""
+    with trio.move_on_after(SHUTDOWN_TIMEOUT_S):
+        results = await market.client.cancel_many(ids)
+        return sum(1 for r in results if r.error is None)
+    return 0
 
 
 def _live(state: str) -> bool:
@@ -340,10 +346,7 @@ async def _halt(parts: Parts, failure: StoreFailed) -> None:
     whether a restart may help (see `flexbot.commands.run`)."""
     live = [i for i in parts.tracker.live() if not i.dry_run]
     ids = [i.order_id for i in live if i.order_id is not None]
-    cancelled = 0
-    with trio.move_on_after(SHUTDOWN_TIMEOUT_S):
-        results = await parts.market.client.cancel_many(ids)
-        cancelled = sum(1 for r in results if r.error is None)
+    cancelled = await _cancel_bounded(parts.market, ids)
     log.critical(
         "store.failed",
         reason=str(failure),

@@ -77,6 +77,7 @@ _COLUMNS = (
     "following",
     "origin",
 )
+_INSERT = f"INSERT INTO orders ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
 _IN_CHUNK = 500  # ids per `IN (...)` query, well under SQLite's limit on bound parameters
 _UPDATABLE = frozenset({"state", "order_id", "last_order", "reason", "following", "updated_at"})
 
@@ -120,10 +121,12 @@ class Store:
     # --- the order journal ----------------------------------------------------------------------
 
     def journal(self, row: JournalRow) -> None:
-        values = [getattr(row, c) for c in _COLUMNS]
-        marks = ", ".join("?" for _ in _COLUMNS)
         with transaction(self._db):
-            self._db.execute(f"INSERT INTO orders ({', '.join(_COLUMNS)}) VALUES ({marks})", values)
+            self._insert(row)
+
+    def _insert(self, row: JournalRow) -> None:
+        values = [getattr(row, c) for c in _COLUMNS]
+        self._db.execute(_INSERT, values)
 
     def update(self, client_id: str, *, durable: bool = True, **fields: Any) -> None:
         """Change a journalled order. `durable=False` skips the fsync: the change survives the
@@ -189,9 +192,7 @@ class Store:
             twins = self.unresolved_with(row.fingerprint)
             if twins:
                 return twins[0]
-            values = [getattr(row, c) for c in _COLUMNS]
-            marks = ", ".join("?" for _ in _COLUMNS)
-            self._db.execute(f"INSERT INTO orders ({', '.join(_COLUMNS)}) VALUES ({marks})", values)
+            self._insert(row)
             return None
 
     def unresolved_with(self, fingerprint: str) -> list[JournalRow]:
