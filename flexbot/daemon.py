@@ -17,18 +17,16 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
 import trio
 from attrs import define, field
 
-from flexbot import config, logs, wire
+from flexbot import config, logs, safety, wire
 from flexbot.alarms import AlarmBounds, watch_for_silence
 from flexbot.clock import MarketClock
 from flexbot.engine.engine import Engine, EngineSettings
@@ -37,17 +35,15 @@ from flexbot.engine.orders import OrderTracker, sold_power
 from flexbot.engine.recording import Recorder
 from flexbot.market import MarketFeed, MarketSession, connect
 from flexbot.meters.hub import MeterHub
-from flexbot.store import AsyncStore, Store, StoreError, StoreFailed, failure, is_store_fault, lock
+from flexbot.safety import SHUTDOWN_TIMEOUT_S
+from flexbot.store import AsyncStore, StoreFailed, lock
 from flexbot.systemd import Notifier
-from flexbot.trading import IntentState
 from flexbot.verification import VerificationSettings, Verifier
 
 if TYPE_CHECKING:
     from flexbot.metrics import Metrics
 
 log = logs.get_logger("flexbot.daemon")
-
-SHUTDOWN_TIMEOUT_S = 20.0  # systemd's default stop timeout is 90 s: stay well inside it
 
 
 async def market_clock(market: MarketSession, mode: str) -> MarketClock:
@@ -60,41 +56,6 @@ async def market_clock(market: MarketSession, mode: str) -> MarketClock:
     clock = MarketClock(float(body["time_scale"]), start=wire.parse_datetime(body["now"]))
     log.info("clock.synced", now=body["now"], time_scale=clock.scale)
     return clock
-
-
-async def usable_store(path: Path, notify: Notifier) -> Store:
-    """The store, open and proven writable. A fault that may pass (a full disk, an I/O error) is
-    waited out here, in start-up, logged once per attempt: an operator or log rotation may free
-    the disk, and a daemon that kept exiting would soon hit systemd's start limit. A fault that
-    no wait fixes (a damaged file, a store from a newer flexbot) is raised."""
-    delay_s = 1.0
-    while True:
-        at = wire.format_datetime(datetime.now(UTC))
-        try:
-            store = await trio.to_thread.run_sync(Store.open, path)
-            try:
-                await trio.to_thread.run_sync(store.set_flag, lock.STARTED_FLAG, at, at)
-            except BaseException:
-                store.close()
-                raise
-        except sqlite3.Error as exc:
-            if not is_store_fault(exc):
-                raise
-            problem = failure(exc, path)
-        except StoreError as exc:
-            problem = exc
-        else:
-            return store
-        if not problem.retry_may_fix:
-            raise problem
-        log.error("store.unwritable", reason=str(problem), retry_in_s=delay_s)
-        # Type=notify: extend the start timeout while we wait, rather than be killed by it.
-        notify.notify(
-            "STATUS=waiting for the store to take writes",
-            f"EXTEND_TIMEOUT_USEC={int((delay_s + 30) * 1_000_000)}",
-        )
-        await trio.sleep(delay_s)
-        delay_s = min(delay_s * 2, 60.0)
 
 
 @define
@@ -174,7 +135,7 @@ async def _run(
             control.starting = waiting
             if control.stop.is_set():
                 waiting.cancel()
-            sync_store = await usable_store(loaded.store_path, notify)
+            sync_store = await safety.usable_store(loaded.store_path, notify)
             held.stamp()  # again: a full disk at start may have kept the pid out of the lock file
         if waiting.cancelled_caught:
             log.info("daemon.stopped", during="start-up")
@@ -212,49 +173,13 @@ async def _run_with(
                 )
             # A stop during start-up: nothing traded yet, but orders of the last run may be live.
             if loaded.config.engine.cancel_on_shutdown:
-                await _cancel_restored(store, market, control.stop_now)
+                await safety.cancel_restored(store, market, control.stop_now)
         finally:
             keeper.cancel_scope.cancel()
     if store.failed is not None:  # met during a start-up that a stop then cut short
         raise store.failed
     log.info("daemon.stopped", during="start-up")
     return 0
-
-
-async def _cancel_restored(store: AsyncStore, market: MarketSession, stop_now: trio.Event) -> None:
-    """`cancel_on_shutdown` for a start-up cut short: the orders the journal holds as open are
-    cancelled (logging in if the stop came before the login), bounded in time and by a second
-    signal. Their news is journalled by the next run's reconciliation."""
-    rows = await store.run(store.sync.followed)  # read only: the store may be failing
-    ids = [r.order_id for r in rows if r.order_id is not None and not r.dry_run and _live(r.state)]
-    if not ids:
-        return
-    cancelled = 0
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_cut_short, stop_now, nursery.cancel_scope)
-        cancelled = await _cancel_bounded(market, ids)
-        nursery.cancel_scope.cancel()
-    log.info("daemon.cancelled_on_shutdown", during="start-up", open=len(ids), cancelled=cancelled)
-
-
-async def _cancel_bounded(market: MarketSession, ids: list[str]) -> int:
-    """Cancel `ids` within the stop's bound; how many the market confirmed."""
-    with trio.move_on_after(SHUTDOWN_TIMEOUT_S):
-        results = await market.client.cancel_many(ids)
-        return sum(1 for r in results if r.error is None)
-    return 0
-
-
-def _live(state: str) -> bool:
-    try:
-        return IntentState(state).is_live
-    except ValueError:  # a state of a newer flexbot: not ours to judge, leave the order be
-        return False
-
-
-async def _cut_short(stop_now: trio.Event, scope: trio.CancelScope) -> None:
-    await stop_now.wait()
-    scope.cancel()
 
 
 async def _trade(
@@ -282,7 +207,7 @@ async def _trade(
         parts.feed = market.feed(orders=parts.tracker, recorder=recorder)
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_raise_on_failure, store)
+            nursery.start_soon(safety.raise_on_failure, store)
             await nursery.start(market.tokens.run)
             await nursery.start(parts.hub.run)
             await nursery.start(parts.feed.run)
@@ -324,39 +249,10 @@ async def _trade(
         if recorder is not None:
             recorder.close()
     if store.failed is not None:
-        await _halt(parts, store.failed)
+        await safety.halt(parts.tracker, parts.market, store.failed)
         raise store.failed
     log.info("daemon.stopped")
     return 0
-
-
-async def _raise_on_failure(store: AsyncStore) -> None:
-    """The store's first failure ends the trading nursery, even if the task that met it (a
-    strategy catching everything around `ctx.place`) swallowed it."""
-    await store.failing.wait()
-    assert store.failed is not None
-    raise store.failed
-
-
-async def _halt(parts: Parts, failure: StoreFailed) -> None:
-    """The store failed while trading: nothing more can be journalled, so nothing more may be
-    sent but cancels. Every open order of ours is cancelled while the market is reachable (an
-    order we could no longer follow must not stay live); the engine and its strategies are
-    already stopped. One event says what happened and what was done; the exit status then says
-    whether a restart may help (see `flexbot.commands.run`)."""
-    live = [i for i in parts.tracker.live() if not i.dry_run]
-    ids = [i.order_id for i in live if i.order_id is not None]
-    cancelled = await _cancel_bounded(parts.market, ids)
-    log.critical(
-        "store.failed",
-        reason=str(failure),
-        retry_may_fix=failure.retry_may_fix,
-        open_orders=len(ids),
-        cancelled=cancelled,
-        unresolved=len(live) - len(ids),
-        action="trading halted, open orders cancelled; the daemon exits",
-    )
-    failure.reported = True
 
 
 async def _latch_when_wanted(control: Control, store: AsyncStore) -> None:
@@ -460,7 +356,7 @@ async def _graceful_stop(parts: Parts, stop_now: trio.Event) -> None:
     """Strategies stopped, orders cancelled (if configured), the outbox drained: bounded in time,
     and cut short by a second signal."""
     async with trio.open_nursery() as stopper:
-        stopper.start_soon(_cut_short, stop_now, stopper.cancel_scope)
+        stopper.start_soon(safety.cut_short, stop_now, stopper.cancel_scope)
         with trio.move_on_after(SHUTDOWN_TIMEOUT_S) as bounded:
             await parts.engine.shutdown()
             pending = await parts.verifier.drain()  # what is due goes out now; the rest waits

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import attrs
+import httpx
 import pytest
 
 from flexbot.sandbox.app import ADMIN_HEADER
@@ -28,6 +29,7 @@ __all__ = [
     "child_env",
     "default_sigint",
     "free_port",
+    "logged_in",
     "sandbox_process",
 ]
 
@@ -58,6 +60,20 @@ class Market:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+
+def logged_in(market: Market, user: str) -> httpx.Client:
+    """A plain HTTP client of the sandbox, logged in as `user` (password `<user>-pw`)."""
+    http = httpx.Client(base_url=market.url, timeout=5)
+    form = {
+        "client_id": "glocalflexmarket_public_api",
+        "grant_type": "password",
+        "username": user,
+        "password": f"{user}-pw",
+    }
+    token = http.post("/auth/oauth/v2/token", data=form).json()["access_token"]
+    http.headers["Authorization"] = f"Bearer {token}"
+    return http
 
 
 @contextmanager

@@ -28,6 +28,7 @@ from tests.processes import (
     Market,
     child_env,
     free_port,
+    logged_in,
     sandbox_process,
 )
 
@@ -79,15 +80,7 @@ class Bob:
     """The counterparty, over plain HTTP."""
 
     def __init__(self, market: Market) -> None:
-        self.http = httpx.Client(base_url=market.url, timeout=5)
-        form = {
-            "client_id": "glocalflexmarket_public_api",
-            "grant_type": "password",
-            "username": "bob",
-            "password": "bob-pw",
-        }
-        token = self.http.post("/auth/oauth/v2/token", data=form).json()["access_token"]
-        self.http.headers["Authorization"] = f"Bearer {token}"
+        self.http = logged_in(market, "bob")
 
     def window(self, index: int) -> Window:
         now = wire.parse_datetime(self.http.get("/sandbox/clock").json()["now"])

@@ -30,7 +30,15 @@ import yaml
 from flexbot import wire
 from flexbot.store import lock
 from flexbot.strategy import Window
-from tests.processes import ADMIN_HEADERS, READY_S, ROOT, Market, child_env, sandbox_process
+from tests.processes import (
+    ADMIN_HEADERS,
+    READY_S,
+    ROOT,
+    Market,
+    child_env,
+    logged_in,
+    sandbox_process,
+)
 from tests.test_store_safety import damage_the_middle
 
 pytestmark = pytest.mark.slow
@@ -189,15 +197,7 @@ class Account:
 
     def __init__(self, market: Market) -> None:
         self.market = market
-        self.http = httpx.Client(base_url=market.url, timeout=5)
-        form = {
-            "client_id": "glocalflexmarket_public_api",
-            "grant_type": "password",
-            "username": "alice",
-            "password": "alice-pw",
-        }
-        token = self.http.post("/auth/oauth/v2/token", data=form).json()["access_token"]
-        self.http.headers["Authorization"] = f"Bearer {token}"
+        self.http = logged_in(market, "alice")
 
     def open_orders(self) -> dict[str, str]:
         listed = self.http.get("/api/v1/order/").json()
