@@ -236,8 +236,9 @@ def until(condition: Callable[[], bool], bound: float = READY_S) -> None:
 
 
 def flexbot(*args: str, password: bool = True) -> subprocess.CompletedProcess[str]:
-    env = child_env(FLEXBOT_PASSWORD="alice-pw") if password else child_env()
-    env.pop("FLEXBOT_PASSWORD", None) if not password else None
+    env = child_env(FLEXBOT_PASSWORD="alice-pw")
+    if not password:  # as an operator without the market password (none inherited either)
+        del env["FLEXBOT_PASSWORD"]
     return subprocess.run(
         [sys.executable, "-m", "flexbot.cli", *args],
         capture_output=True,
