@@ -24,9 +24,9 @@ from attrs import frozen
 
 from flexbot import logs, model
 from flexbot.market import Endpoint
+from flexbot.parts import Parts, summary_line
 
 if TYPE_CHECKING:
-    from flexbot.daemon import Parts
     from flexbot.systemd import Notifier
 
 log = logs.get_logger("flexbot.alarms")
@@ -61,8 +61,6 @@ async def watch_for_silence(
         if on_alarms is not None:
             on_alarms({str(f["alarm"]) for f in found.values()})
         if notify.enabled:
-            from flexbot.daemon import summary_line  # the daemon imports us: import at use
-
             names = sorted({str(f["alarm"]) for f in found.values()})
             suffix = f"; ALARMS: {', '.join(names)}" if names else ""
             notify.status(summary_line(parts) + suffix)

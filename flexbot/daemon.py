@@ -33,8 +33,9 @@ from flexbot.engine.engine import Engine, EngineSettings
 from flexbot.engine.killswitch import KillSwitch, engage_latch
 from flexbot.engine.orders import OrderTracker, sold_power
 from flexbot.engine.recording import Recorder
-from flexbot.market import MarketFeed, MarketSession, connect
+from flexbot.market import MarketSession, connect
 from flexbot.meters.hub import MeterHub
+from flexbot.parts import Parts, summary_line
 from flexbot.safety import SHUTDOWN_TIMEOUT_S
 from flexbot.store import AsyncStore, StoreFailed, lock
 from flexbot.systemd import Notifier
@@ -56,20 +57,6 @@ async def market_clock(market: MarketSession, mode: str) -> MarketClock:
     clock = MarketClock(float(body["time_scale"]), start=wire.parse_datetime(body["now"]))
     log.info("clock.synced", now=body["now"], time_scale=clock.scale)
     return clock
-
-
-@define
-class Parts:
-    """What a running daemon is made of (for the demo's progress and `flexbot status`)."""
-
-    engine: Engine
-    verifier: Verifier
-    hub: MeterHub
-    feed: MarketFeed
-    tracker: OrderTracker
-    store: AsyncStore
-    market: MarketSession
-    clock: MarketClock
 
 
 @define
@@ -364,17 +351,6 @@ async def _graceful_stop(parts: Parts, stop_now: trio.Event) -> None:
         if bounded.cancelled_caught:
             log.warning("daemon.shutdown_timeout", timeout_s=SHUTDOWN_TIMEOUT_S)
         stopper.cancel_scope.cancel()
-
-
-def summary_line(parts: Parts) -> str:
-    """One line for systemd's STATUS= and for people."""
-    counts = parts.engine.counts
-    live = len(parts.tracker.live())
-    return (
-        f"{len(parts.engine.runners)} strategies, {live} open orders, "
-        f"{counts.get('placed', 0)} placed, {counts.get('fills', 0)} fills, "
-        f"{parts.verifier.sent} verification submissions"
-    )
 
 
 def _reload(loaded: config.LoadedConfig, engine: Engine) -> None:

@@ -42,10 +42,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from flexbot import logs
+from flexbot.parts import Parts
 from flexbot.trading import IntentState
 
 if TYPE_CHECKING:
-    from flexbot.daemon import Parts
     from flexbot.market import MarketFeed
 
 log = logs.get_logger("flexbot.metrics")

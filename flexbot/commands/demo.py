@@ -26,6 +26,7 @@ import yaml
 from flexbot import config, daemon, model
 from flexbot.clock import MarketClock
 from flexbot.commands import UsageError, add_log_format
+from flexbot.parts import Parts
 from flexbot.sandbox.lifecycle import LifecycleRules
 from flexbot.sandbox.market import MarketSettings, SandboxMarket
 from flexbot.sandbox.server import ServerSettings, serve
@@ -132,11 +133,11 @@ async def _demo(duration: float, scale: float, seed: int, out: TextIO) -> int:
                 flush=True,
             )
 
-            def started(parts: daemon.Parts, daemon_nursery: trio.Nursery) -> None:
+            def started(parts: Parts, daemon_nursery: trio.Nursery) -> None:
                 seen["parts"] = parts
                 daemon_nursery.start_soon(_progress, parts, out)
 
-            async def finished(parts: daemon.Parts) -> None:
+            async def finished(parts: Parts) -> None:
                 seen["summary"] = await summary(parts)
 
             async def run_daemon() -> None:
@@ -167,7 +168,7 @@ async def _demo(duration: float, scale: float, seed: int, out: TextIO) -> int:
     return 0
 
 
-async def _progress(parts: daemon.Parts, out: TextIO) -> None:
+async def _progress(parts: Parts, out: TextIO) -> None:
     while True:
         await trio.sleep(PROGRESS_S)
         now = parts.clock.now()
@@ -181,7 +182,7 @@ async def _progress(parts: daemon.Parts, out: TextIO) -> None:
         )
 
 
-async def gather(parts: daemon.Parts) -> dict[str, Any]:
+async def gather(parts: Parts) -> dict[str, Any]:
     store = parts.store
     outbox = await store.run(store.sync.outbox)
     acked = Counter(row.measurement_type for row in outbox if row.state == "acked")
@@ -213,7 +214,7 @@ async def gather(parts: daemon.Parts) -> dict[str, Any]:
     }
 
 
-async def summary(parts: daemon.Parts) -> list[str]:
+async def summary(parts: Parts) -> list[str]:
     f = await gather(parts)
     return [
         "",

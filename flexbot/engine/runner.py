@@ -15,21 +15,21 @@ import enum
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import trio
 from attrs import frozen
 
 from flexbot import logs, model
 from flexbot.backoff import Backoff
+from flexbot.clock import Clock
 from flexbot.engine.inbox import Inbox, Item
 from flexbot.engine.loader import StrategySpec
+from flexbot.engine.orders import OrderTracker
+from flexbot.engine.view import MarketView
 from flexbot.store import StoreFailed
 from flexbot.strategy import Strategy
 from flexbot.trading import OwnOrder, Position, Window
-
-if TYPE_CHECKING:
-    from flexbot.engine.engine import Engine
 
 log = logs.get_logger("flexbot.engine.runner")
 
@@ -54,9 +54,38 @@ class StrategyFailed(Exception):
     pass
 
 
+class Desk(Protocol):
+    """What a runner needs of the engine that owns it: where its strategy's orders go, and what
+    its context reads. The engine is one; the runner never imports it (the engine imports us)."""
+
+    @property
+    def clock(self) -> Clock: ...
+    @property
+    def view(self) -> MarketView: ...
+    @property
+    def tracker(self) -> OrderTracker: ...
+
+    async def place(
+        self,
+        runner: StrategyRunner,
+        side: model.Side,
+        power_w: Decimal,
+        price: Decimal,
+        window: Window,
+        *,
+        expiry: datetime | None = None,
+        location: model.Location | None = None,
+        baseline: model.MeterReading | None = None,
+    ) -> OwnOrder: ...
+
+    async def cancel(self, client_id: str, *, strategy: str | None = None) -> OwnOrder: ...
+
+    async def cancel_all(self, strategy: str | None = None) -> int: ...
+
+
 class StrategyRunner:
     def __init__(
-        self, spec: StrategySpec, engine: Engine, supervision: Supervision, fact_capacity: int
+        self, spec: StrategySpec, engine: Desk, supervision: Supervision, fact_capacity: int
     ) -> None:
         self.spec = spec
         self.name = spec.name
@@ -184,7 +213,7 @@ class StrategyRunner:
 class RunnerContext:
     """The `flexbot.strategy.Context` of one strategy."""
 
-    def __init__(self, runner: StrategyRunner, engine: Engine) -> None:
+    def __init__(self, runner: StrategyRunner, engine: Desk) -> None:
         self._runner = runner
         self._engine = engine
         self.name = runner.name
