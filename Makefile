@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test broker lint typecheck format sandbox ci clean bench chaos
+.PHONY: demo test test-fast broker lint typecheck format sandbox ci clean bench chaos
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,15 @@ demo: $(STAMP)  ## run the local marketplace with a demo user
 sandbox: $(STAMP)  ## run the local marketplace on its own (pass ARGS="--tls --port 8443")
 	$(BIN)/flexbot sandbox $(ARGS)
 
+# Tests run in parallel workers (one per core unless WORKERS says otherwise) and in a random order:
+# pytest prints the seed, `PYTEST_ARGS=--randomly-seed=N` repeats an order.
+WORKERS ?= auto
+
 test: $(STAMP) broker  ## the whole test suite
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(WORKERS) $(PYTEST_ARGS)
+
+test-fast: $(STAMP)  ## the suite without the slow tests (subprocesses, long property searches)
+	$(BIN)/python -m pytest -q -n $(WORKERS) -m "not slow" $(PYTEST_ARGS)
 
 # The MQTT meter tests run a real broker: Debian's mosquitto, installed when missing. Best effort:
 # without apt (or root, or password-less sudo) the install is skipped and those tests skip.
@@ -42,6 +49,7 @@ chaos: $(STAMP)  ## the long chaos run: 15 minutes of faults and SIGKILLs (ARGS 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict flexbot strategies

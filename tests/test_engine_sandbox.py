@@ -21,7 +21,7 @@ from flexbot.sandbox.market import MarketSettings
 from flexbot.strategy import Context, IntentState, Strategy, Window
 from strategies import buyer, seller, spread
 from tests.conftest import USERS, Sandbox
-from tests.engine_harness import FAST, running_engine, spec, trader, until
+from tests.engine_harness import BOUND_S, FAST, running_engine, spec, trader, until
 
 pytestmark = pytest.mark.anyio
 
@@ -56,7 +56,7 @@ class PlaceOnce(Strategy[OnceParams]):
         window = Window.upcoming(ctx.now, p.window_index + 1)[p.window_index]
         position = ctx.position(window)
         if position.open_buy_w + position.bought_w + position.open_sell_w + position.sold_w == 0:
-            await ctx.place(p.side, p.power_w, p.price, window)
+            await ctx.place(p.side, window, power_w=p.power_w, price=p.price)
 
 
 class Boom(Strategy[OnceParams]):
@@ -215,7 +215,13 @@ async def test_a_restart_rebuilds_the_tracker_from_the_journal_without_a_second_
     store = tmp_path / "flexbot.db"
     settings = attrs.evolve(FAST, cancel_on_shutdown=False)
     async with running_engine(sandbox, [spec(PlaceOnce)], store_path=store, settings=settings) as h:
-        await until(lambda: [i.state for i in h.tracker] == [IntentState.OPEN])
+        assert h.store is not None
+        journal = h.store
+        # The tracker changes in memory first and journals in a thread: leave once it is written
+        # (an exit before that restores the intent as unknown, which is the next test's case).
+        with trio.fail_after(BOUND_S):
+            while [r.state for r in await journal.run(journal.sync.followed)] != ["open"]:  # noqa: ASYNC110 - the journal has no event
+                await trio.sleep(0.02)
     async with running_engine(sandbox, [spec(PlaceOnce)], store_path=store, settings=settings) as h:
         (intent,) = h.tracker
         assert intent.state is IntentState.OPEN
@@ -262,12 +268,16 @@ async def test_the_kill_switch_file_cancels_everything_and_blocks_new_orders(
         await until(lambda: open_on_market(sandbox) == [])
         runner = h.engine.runners["a"]
         window = Window.upcoming(sandbox.market.clock.now(), 4)[3]
-        refused = await h.engine.place(runner, model.Side.BUY, Decimal(1), Decimal("0.1"), window)
+        refused = await h.engine.place(
+            runner, model.Side.BUY, window, power_w=Decimal(1), price=Decimal("0.1")
+        )
         assert refused.state is IntentState.REJECTED
         assert "halted" in (refused.reason or "")
         kill.unlink()
         await until(lambda: not h.engine._killed)
-        placed = await h.engine.place(runner, model.Side.BUY, Decimal(1), Decimal("0.1"), window)
+        placed = await h.engine.place(
+            runner, model.Side.BUY, window, power_w=Decimal(1), price=Decimal("0.1")
+        )
         assert placed.state is IntentState.OPEN
 
 
