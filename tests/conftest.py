@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from functools import partial
@@ -21,6 +21,7 @@ import trio
 from flexbot.clock import ManualWall, MarketClock
 from flexbot.sandbox.market import MarketSettings, SandboxMarket
 from flexbot.sandbox.server import Running, ServerSettings, serve
+from tests.logging_state import logging_restored
 
 # A fixed market start: Monday 2026-11-23 10:00:00 UTC, on the 15-minute grid.
 MARKET_START = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
@@ -32,6 +33,14 @@ class MaxRandom(random.Random):
 
     def uniform(self, a: float, b: float) -> float:
         return b
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was() -> Iterator[None]:
+    """Logging is process-wide: a test that configures it (`cli.main` does) must not leave its
+    level or its (by then closed) captured stream to the tests that run after it in that worker."""
+    with logging_restored():
+        yield
 
 
 @pytest.fixture
