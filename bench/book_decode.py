@@ -25,7 +25,7 @@ import orjson
 import trio
 
 from flexbot import model, wire
-from flexbot.market.buffers import Conflator
+from flexbot.buffers import Conflator
 from flexbot.market.streams import Endpoint, StreamStats, decode_frame
 
 

@@ -68,9 +68,10 @@ from trio_websocket import (
 
 from flexbot import logs, model, wire
 from flexbot.clock import MarketClock
-from flexbot.engine.engine import Engine, EngineSettings
+from flexbot.engine.engine import Engine
 from flexbot.engine.loader import StrategySpec
 from flexbot.engine.orders import OrderTracker
+from flexbot.engine.settings import EngineSettings
 from flexbot.market.feed import FeedSettings, MarketFeed
 from flexbot.market.streams import Endpoint, StreamSettings
 from flexbot.sandbox.streams import CONTROL_MESSAGE

@@ -12,6 +12,15 @@ and code live), `engine`, `risk` (global limits), `kill_switch`, `meters` (readi
 relative to the config file and may use `${VAR}` (e.g. `${STATE_DIRECTORY}/flexbot.db` under
 systemd).
 
+Each section is an attrs class whose fields check themselves (`flexbot.validators`), so a bad
+value is located (`$.engine.max_failures: must be at least 1, got 0`) and every bad field is
+reported in one run; `_check` holds only what needs several fields. There is one class a
+component, none to keep in step with another: `engine` reads into the engine's own
+`EngineSettings` (plus the recorder's keys), `verification` into `VerificationSettings`, each
+`meters` entry into `MeterSettings` (its `source` read by its `type`), `risk` into `RiskLimits`.
+Where the YAML differs from what runs (`market`: a secret reference and a relative CA path;
+`metrics`: optional) `load` builds the running form.
+
 Each strategy is one YAML file in `strategies.config_dir` (see `flexbot.engine.loader`); its
 problems are reported under its own file name, e.g.
 `config/strategies/peak.yaml: $.params.max_price: expected a number, got the string 'abc'`.
@@ -19,12 +28,11 @@ problems are reported under its own file name, e.g.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import yaml
@@ -33,37 +41,45 @@ from attrs import frozen
 from flexbot import wire
 from flexbot.engine.loader import StrategySpec, load_spec
 from flexbot.engine.risk import RiskLimits
-from flexbot.market import MAX_BOOK_MESSAGE_BYTES, ConnectionSettings, Secret
+from flexbot.engine.settings import EngineSettings
+from flexbot.market import ConnectionSettings, Secret
 from flexbot.meters.builder import Kind
-from flexbot.meters.source import (
-    BaselineSettings,
-    MeterSettings,
-    MqttSettings,
-    parse_source,
-)
-from flexbot.problems import Invalid, Loc, Problem, http_url_problem
+from flexbot.meters.source import MeterSettings, MqttSettings, SourceSettings, parse_source
+from flexbot.problems import Invalid, Loc, Problem
+from flexbot.validators import at_least, host_port_or_none, http_url, not_empty, seconds
+from flexbot.verification import VerificationSettings
 
-LOG_LEVELS = ("debug", "info", "warning", "error")
-LOG_FORMATS = ("auto", "json", "console")
-CLOCKS = ("wall", "sandbox")
-BASELINE_METHODS = ("mean_of_days", "high_x_of_y", "provided")
+ClockMode = Literal["wall", "sandbox"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["auto", "json", "console"]
 
 wire.register_enum(Kind)
+# A meter's `source` is read by its `type` (see flexbot.meters.source), its problems located.
+wire.STRICT_CONVERTER.register_structure_hook(SourceSettings, lambda raw, _: parse_source(raw))
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_CONNECTION = attrs.fields(ConnectionSettings)
 
 
 @frozen
 class MarketConfig:
-    url: str  # https://host[:port]: auth, REST and WebSocket share this origin
-    username: str
+    """The `market` section. Not `ConnectionSettings` itself: its password is a reference and its
+    CA a path relative to the file, which `load` resolves before it builds those."""
+
+    url: str = attrs.field(validator=http_url)  # https://host[:port]: auth, REST and WebSocket
+    username: str = attrs.field(validator=not_empty)
     password: str  # a reference: ${ENV_VAR} or file:PATH
     ca_bundle: str | None = None  # an extra CA to trust (PEM), e.g. a sandbox run with --tls
-    timeout_s: float = 10.0
-    ping_interval_s: float = 20.0  # stream pings; 3 unanswered declare a (half-open) link dead
+    timeout_s: float = attrs.field(default=_CONNECTION.timeout_s.default, validator=seconds())
+    # Stream pings; 3 unanswered declare a (half-open) link dead.
+    ping_interval_s: float = attrs.field(
+        default=_CONNECTION.ping_interval_s.default, validator=seconds()
+    )
     # The largest order book message read (a larger one closes the link, 1009, logged once).
-    max_book_message_bytes: int = MAX_BOOK_MESSAGE_BYTES
+    max_book_message_bytes: int = attrs.field(
+        default=_CONNECTION.max_book_message_bytes.default, validator=at_least(1024)
+    )
     # wall: market time is UTC now. sandbox: read it (and its speed) from the sandbox's clock.
-    clock: str = "wall"
+    clock: ClockMode = "wall"
 
 
 @frozen
@@ -78,41 +94,24 @@ class StrategiesConfig:
 
 
 @frozen
-class EngineConfig:
-    dry_run: bool = False  # paper trading for every strategy: nothing is sent
-    cancel_on_shutdown: bool = True
-    expiry_lead_s: int = 60  # default expiry: this long before the window starts
+class EngineConfig(EngineSettings):
+    """The `engine` section: the engine's own settings, and beside them (where they have always
+    been written) the event recorder's."""
+
     record: str | None = None  # a JSONL file to record every market event to
-    ticker_buffer: int = 256  # per strategy; the oldest is dropped beyond it
-    max_failures: int = 5  # a strategy failing this often within failure_window_s is disabled
-    failure_window_s: float = 300.0
-    restart_backoff_s: float = 1.0  # the first restart's delay; doubles, up to the cap
-    restart_backoff_cap_s: float = 60.0
-    callback_timeout_s: float = 60.0  # a callback running longer counts as a failure
-    resolve_interval_s: float = 5.0  # how often unknown submissions are looked for
-
-
-@frozen
-class MeterEntry:
-    """One meter as written in the config; `source` is read by its `type` (see meters.source)."""
-
-    id: str
-    location_id: str  # the market location it measures
-    source: Mapping[str, Any]
-    kind: Kind = Kind.POWER_W
-    baseline: BaselineSettings = BaselineSettings()
-
-
-@frozen
-class VerificationConfig:
-    settle_delay_s: float = 60.0  # market s after delivery end before metering is built
-    max_wait_s: float = 1800.0  # market s after delivery end: then sent even if incomplete
-    max_gap_s: float = 900.0  # a longer gap between readings flags the quarters it touches
+    # MiB: the recording is then rotated and compressed.
+    record_max_mb: int = attrs.field(default=256, validator=at_least(1))
+    # Rotated recordings kept; the oldest beyond are deleted.
+    record_keep: int = attrs.field(default=10, validator=at_least(1))
 
 
 @frozen
 class MetricsConfig:
-    listen: str | None = None  # host:port of the Prometheus endpoint, e.g. 127.0.0.1:9108
+    """The `metrics` section. Not `flexbot.metrics.MetricsSettings`: the endpoint is optional here,
+    and that module (its web server) is imported only when the endpoint is on."""
+
+    # host:port of the Prometheus endpoint, e.g. 127.0.0.1:9108; None: off.
+    listen: str | None = attrs.field(default=None, validator=host_port_or_none)
 
 
 @frozen
@@ -123,8 +122,8 @@ class KillSwitchConfig:
 
 @frozen
 class LoggingConfig:
-    level: str = "info"
-    format: str = "auto"  # auto: JSON unless stdout is a terminal
+    level: LogLevel = "info"
+    format: LogFormat = "auto"  # auto: JSON unless stdout is a terminal
 
 
 @frozen
@@ -135,8 +134,8 @@ class FlexbotConfig:
     engine: EngineConfig = attrs.field(factory=EngineConfig)
     risk: RiskLimits = attrs.field(factory=RiskLimits)
     kill_switch: KillSwitchConfig = attrs.field(factory=KillSwitchConfig)
-    meters: tuple[MeterEntry, ...] = ()
-    verification: VerificationConfig = attrs.field(factory=VerificationConfig)
+    meters: tuple[MeterSettings, ...] = ()
+    verification: VerificationSettings = attrs.field(factory=VerificationSettings)
     metrics: MetricsConfig = attrs.field(factory=MetricsConfig)
     logging: LoggingConfig = attrs.field(factory=LoggingConfig)
 
@@ -219,7 +218,7 @@ def load(
     if store is not None and _is(store.exists) and not _is(store.is_file):
         # `flexbot run` would wait for ever for a store it can never open.
         problems.append(Problem(("store", "path"), f"not a file: {store}"))
-    meters, meter_secrets = _meters(config, path.parent, env, problems, resolve=secrets)
+    meter_secrets = _meter_secrets(config, path.parent, env, problems) if secrets else {}
     located = [(path, p) for p in problems]
     strategies: list[StrategySpec] = []
     config_dir, code_dir = paths.get("config_dir"), paths.get("code_dir")
@@ -253,56 +252,27 @@ def load(
         strategies=tuple(strategies),
         record_path=paths["record"],
         kill_switch_file=paths["kill_switch"],
-        meters=tuple(meters),
+        meters=config.meters,
         meter_secrets=meter_secrets,
     )
 
 
-def _meters(
+def _meter_secrets(
     config: FlexbotConfig,
     base: Path,
     env: Mapping[str, str],
     problems: list[Problem],
-    *,
-    resolve: bool = True,
-) -> tuple[list[MeterSettings], dict[str, str | None]]:
-    """Each meter's source read by its type; secrets resolved; problems located."""
-    meters: list[MeterSettings] = []
+) -> dict[str, str | None]:
+    """Each MQTT meter's password reference resolved, by meter id; problems located."""
     secrets: dict[str, str | None] = {}
-    seen: set[str] = set()
-    for index, entry in enumerate(config.meters):
-        loc: Loc = ("meters", index)
-        if entry.id in seen:
-            problems.append(Problem((*loc, "id"), f"another meter is already named {entry.id!r}"))
-        seen.add(entry.id)
-        baseline = entry.baseline
-        if baseline.method not in BASELINE_METHODS:
-            allowed = ", ".join(BASELINE_METHODS)
-            problems.append(Problem((*loc, "baseline", "method"), f"must be one of {allowed}"))
-        if baseline.method == "high_x_of_y" and not 0 < baseline.x <= baseline.y:
-            problems.append(Problem((*loc, "baseline", "x"), "must be between 1 and y"))
-        if baseline.method == "mean_of_days" and baseline.days < 1:
-            problems.append(Problem((*loc, "baseline", "days"), "must be at least 1"))
-        try:
-            source = parse_source(dict(entry.source))
-        except Invalid as exc:
-            problems += [p.under((*loc, "source")) for p in exc.problems]
-            continue
-        if resolve and isinstance(source, MqttSettings) and source.password is not None:
+    for index, meter in enumerate(config.meters):
+        source = meter.source
+        if isinstance(source, MqttSettings) and source.password is not None:
             try:
-                secrets[entry.id] = resolve_secret(source.password, base, env).reveal()
+                secrets[meter.id] = resolve_secret(source.password, base, env).reveal()
             except Invalid as exc:
-                problems += [p.under((*loc, "source", "password")) for p in exc.problems]
-        meters.append(
-            MeterSettings(
-                id=entry.id,
-                location_id=entry.location_id,
-                source=source,
-                kind=entry.kind,
-                baseline=baseline,
-            )
-        )
-    return meters, secrets
+                problems += [p.under(("meters", index, "source", "password")) for p in exc.problems]
+    return secrets
 
 
 def load_strategies(
@@ -390,43 +360,17 @@ def _read_yaml(path: Path) -> Any:
 
 
 def _check(config: FlexbotConfig) -> list[Problem]:
+    """What no one field can tell (each checks itself: see the classes' validators)."""
     problems: list[Problem] = []
-
-    def bad(loc: Loc, msg: str) -> None:
-        problems.append(Problem(loc, msg))
-
-    market = config.market
-    url_problem = http_url_problem(market.url)
-    if url_problem is not None:
-        bad(("market", "url"), url_problem)
-    if not market.username:
-        bad(("market", "username"), "must not be empty")
-    if market.max_book_message_bytes < 1024:
-        bad(("market", "max_book_message_bytes"), "must be at least 1024")
-    for name in ("timeout_s", "ping_interval_s"):
-        if not (getattr(market, name) > 0 and math.isfinite(getattr(market, name))):
-            bad(("market", name), "must be a finite number of seconds greater than 0")
-    if market.clock not in CLOCKS:
-        bad(("market", "clock"), f"must be one of {', '.join(CLOCKS)}")
-    engine = config.engine
-    for name in ("failure_window_s", "restart_backoff_s", "restart_backoff_cap_s"):
-        if not getattr(engine, name) > 0:
-            bad(("engine", name), "must be greater than 0")
-    for name in ("callback_timeout_s", "resolve_interval_s"):
-        if not getattr(engine, name) > 0:
-            bad(("engine", name), "must be greater than 0")
-    for name in ("ticker_buffer", "max_failures"):
-        if getattr(engine, name) < 1:
-            bad(("engine", name), "must be at least 1")
-    if engine.expiry_lead_s < 0:
-        bad(("engine", "expiry_lead_s"), "must be 0 or more")
-    listen = config.metrics.listen
-    if listen is not None and not re.fullmatch(r"[^:\s]+:\d{1,5}", listen):
-        bad(("metrics", "listen"), f"expected host:port, e.g. 127.0.0.1:9108, got {listen!r}")
-    if config.logging.level not in LOG_LEVELS:
-        bad(("logging", "level"), f"must be one of {', '.join(LOG_LEVELS)}")
-    if config.logging.format not in LOG_FORMATS:
-        bad(("logging", "format"), f"must be one of {', '.join(LOG_FORMATS)}")
+    seen: set[str] = set()
+    for index, meter in enumerate(config.meters):
+        loc: Loc = ("meters", index)
+        if meter.id in seen:
+            problems.append(Problem((*loc, "id"), f"another meter is already named {meter.id!r}"))
+        seen.add(meter.id)
+        baseline = meter.baseline
+        if baseline.method == "high_x_of_y" and baseline.x > baseline.y:
+            problems.append(Problem((*loc, "baseline", "x"), "must be between 1 and y"))
     return problems
 
 

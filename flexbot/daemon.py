@@ -29,17 +29,18 @@ from attrs import define, field
 from flexbot import config, logs, safety, wire
 from flexbot.alarms import AlarmBounds, watch_for_silence
 from flexbot.clock import MarketClock
-from flexbot.engine.engine import Engine, EngineSettings
+from flexbot.engine.engine import Engine
 from flexbot.engine.killswitch import KillSwitch, engage_latch
 from flexbot.engine.orders import OrderTracker, sold_power
-from flexbot.engine.recording import Recorder
+from flexbot.engine.recording import MIB, Recorder, RecorderSettings
+from flexbot.engine.states import StoredStates
 from flexbot.market import MarketSession, connect
 from flexbot.meters.hub import MeterHub
 from flexbot.parts import Parts, summary_line
 from flexbot.safety import SHUTDOWN_TIMEOUT_S
 from flexbot.store import AsyncStore, StoreFailed, lock
 from flexbot.systemd import Notifier
-from flexbot.verification import VerificationSettings, Verifier
+from flexbot.verification import Verifier
 
 if TYPE_CHECKING:
     from flexbot.metrics import Metrics
@@ -69,6 +70,7 @@ class Control:
     starting: trio.CancelScope | None = None  # the start-up, abandoned by a stop before the engine
     engine: Engine | None = None
     reload_pending: bool = False  # SIGHUP before the engine: applied once it runs
+    reloading: trio.Lock = field(factory=trio.Lock)  # reloads one at a time, in order
     kill_wanted: trio.Event = field(factory=trio.Event)  # SIGUSR1 before the engine
 
 
@@ -189,12 +191,14 @@ async def _trade(
             log.error("clock.sync_failed", reason=str(exc))
             return 1
     parts = await _assemble(loaded, store, market, clock)
-    recorder = Recorder(loaded.record_path, clock.now) if loaded.record_path is not None else None
+    recorder = _recorder(loaded, clock)
     if recorder is not None:
         parts.feed = market.feed(orders=parts.tracker, recorder=recorder)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(safety.raise_on_failure, store)
+            if recorder is not None:  # before the feed: it writes what the feed hands it
+                await nursery.start(recorder.run)
             await nursery.start(market.tokens.run)
             await nursery.start(parts.hub.run)
             await nursery.start(parts.feed.run)
@@ -232,14 +236,21 @@ async def _trade(
             nursery.cancel_scope.cancel()
     except* StoreFailed:
         pass  # the store latched the first failure: halted below
-    finally:
-        if recorder is not None:
-            recorder.close()
     if store.failed is not None:
         await safety.halt(parts.tracker, parts.market, store.failed)
         raise store.failed
     log.info("daemon.stopped")
     return 0
+
+
+def _recorder(loaded: config.LoadedConfig, clock: MarketClock) -> Recorder | None:
+    """`engine.record`: its writer runs in the nursery (it flushes what is queued when the
+    nursery is cancelled at the end), the feed hands it every frame without waiting."""
+    if loaded.record_path is None:
+        return None
+    engine = loaded.config.engine
+    settings = RecorderSettings(max_bytes=engine.record_max_mb * MIB, keep=engine.record_keep)
+    return Recorder(loaded.record_path, clock.now, settings)
 
 
 async def _latch_when_wanted(control: Control, store: AsyncStore) -> None:
@@ -262,7 +273,7 @@ async def _apply_pending(loaded: config.LoadedConfig, control: Control, engine: 
     if control.kill_wanted.is_set():
         await engine.engage_kill_switch("SIGUSR1")
     if control.reload_pending:
-        _reload(loaded, engine)
+        await _reload(loaded, engine, control.reloading)
 
 
 async def _assemble(
@@ -278,13 +289,8 @@ async def _assemble(
         secrets=loaded.meter_secrets,
         delivering=sold_power(tracker),
     )
-    checks = cfg.verification
     verifier = Verifier(
-        VerificationSettings(
-            settle_delay_s=checks.settle_delay_s,
-            max_wait_s=checks.max_wait_s,
-            max_gap_s=checks.max_gap_s,
-        ),
+        cfg.verification,
         tracker=tracker,
         store=store,
         client=market.client,
@@ -292,7 +298,7 @@ async def _assemble(
         meters={m.location_id: m for m in loaded.meters},
     )
     engine = Engine(
-        EngineSettings.from_config(cfg.engine),
+        cfg.engine,
         loaded.strategies,
         clock=clock,
         tracker=tracker,
@@ -302,6 +308,7 @@ async def _assemble(
             configured=cfg.kill_switch.engaged, file=loaded.kill_switch_file, store=store
         ),
         observers=[verifier.observe],
+        states=StoredStates(store),
     )
     feed = market.feed(orders=tracker)
     return Parts(engine, verifier, hub, feed, tracker, store, market, clock)
@@ -325,7 +332,7 @@ async def _handle_signals(
                 if engine is None:
                     control.reload_pending = True
                 else:
-                    _reload(loaded, engine)
+                    nursery.start_soon(_reload, loaded, engine, control.reloading)
             elif signum == signal.SIGUSR1:
                 if engine is None:
                     control.kill_wanted.set()
@@ -353,15 +360,22 @@ async def _graceful_stop(parts: Parts, stop_now: trio.Event) -> None:
         stopper.cancel_scope.cancel()
 
 
-def _reload(loaded: config.LoadedConfig, engine: Engine) -> None:
-    try:
-        new = config.load(loaded.path)
-    except config.ConfigError as exc:
-        log.error("config.reload_failed", problems=exc.lines[:20], kept="the running config")
-        return
-    except Exception as exc:  # a SIGHUP must never end the daemon: whatever the file holds
-        problem = f"cannot be read: {type(exc).__name__}"
-        log.error("config.reload_failed", problems=[problem], kept="the running config")
-        return
-    engine.reload(new.strategies, new.config.risk)
-    log.info("config.reload_done", path=str(loaded.path))
+async def _reload(
+    loaded: config.LoadedConfig, engine: Engine, turn: trio.Lock | None = None
+) -> None:
+    """Read the config again and apply what a reload can. The reading (YAML, secrets, strategy
+    modules) runs in a worker thread, abandoned if the daemon stops meanwhile: a slow disk never
+    holds the event loop. Reloads take `turn` in the order of their signals, so an older read
+    never overwrites a newer one."""
+    async with turn or trio.Lock():
+        try:
+            new = await trio.to_thread.run_sync(config.load, loaded.path, abandon_on_cancel=True)
+        except config.ConfigError as exc:
+            log.error("config.reload_failed", problems=exc.lines[:20], kept="the running config")
+            return
+        except Exception as exc:  # a SIGHUP must never end the daemon: whatever the file holds
+            problem = f"cannot be read: {type(exc).__name__}"
+            log.error("config.reload_failed", problems=[problem], kept="the running config")
+            return
+        engine.reload(new.strategies, new.config.risk)
+        log.info("config.reload_done", path=str(loaded.path))

@@ -16,10 +16,16 @@ own, never the process-global one.
 | flexbot_ws_messages_too_big_total | counter | endpoint (links closed 1009, message too big) |
 | flexbot_ws_connected | gauge | endpoint |
 | flexbot_ticker_dropped_total | counter | |
+| flexbot_backlog_dropped_total | counter | backlog, strategy (items lost to a buffer's cap) |
+| flexbot_backlog_size, flexbot_backlog_capacity | gauge | backlog, strategy |
 | flexbot_token_grants_total | counter | |
 | flexbot_outbox_pending, flexbot_outbox_oldest_age_seconds | gauge | |
 | flexbot_verification_submissions_total | counter | |
 | flexbot_alarms | gauge | alarm (1 while raised) |
+
+The backlogs (`flexbot.parts.backlogs`) are `feed_ticker`, `inbox_orders` and `inbox_facts` (per
+strategy; `strategy` is empty for the others) and `verifier_enqueued`; the alarm `backlog_full`
+says when one is at its capacity or dropped something.
 | flexbot_rest_request_seconds | histogram | method |
 """
 
@@ -42,7 +48,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from flexbot import logs
-from flexbot.parts import Parts
+from flexbot.parts import Parts, backlogs
 from flexbot.trading import IntentState
 
 if TYPE_CHECKING:
@@ -130,9 +136,10 @@ class Metrics(Collector):
             value=self.outbox_oldest_age_s,
         )
         alarms = GaugeMetricFamily("flexbot_alarms", "Raised alarms", labels=["alarm"])
-        for alarm in ("stream_silent", "token_expired", "metering_overdue", "outbox_stale"):
+        for alarm in ALARMS:
             alarms.add_metric([alarm], 1 if alarm in self.alarms else 0)
         yield alarms
+        yield from backlog_metrics(parts)
 
     def _streams(self, parts: Parts) -> Iterator[Metric]:
         yield from stream_metrics(parts.feed)
@@ -162,6 +169,28 @@ class Metrics(Collector):
             binds: list[str] = await nursery.start(partial(serve, app, config))
             log.info("metrics.listening", address=binds[0])
             task_status.started(binds[0])
+
+
+ALARMS = ("stream_silent", "token_expired", "metering_overdue", "outbox_stale", "backlog_full")
+
+
+def backlog_metrics(parts: Parts) -> Iterator[Metric]:
+    """Each bounded buffer's drops, size and capacity, read at scrape time."""
+    labels = ["backlog", "strategy"]
+    dropped = CounterMetricFamily(
+        "flexbot_backlog_dropped", "Items lost to a bounded buffer's capacity", labels=labels
+    )
+    size = GaugeMetricFamily(
+        "flexbot_backlog_size", "Items waiting in a bounded buffer", labels=labels
+    )
+    capacity = GaugeMetricFamily(
+        "flexbot_backlog_capacity", "The most items a bounded buffer holds", labels=labels
+    )
+    for backlog, strategy, buffer in backlogs(parts):
+        dropped.add_metric([backlog, strategy], buffer.dropped)
+        size.add_metric([backlog, strategy], len(buffer))
+        capacity.add_metric([backlog, strategy], buffer.capacity)
+    yield from (dropped, size, capacity)
 
 
 def stream_metrics(feed: MarketFeed) -> Iterator[Metric]:

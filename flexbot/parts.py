@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from attrs import define
 
+from flexbot.buffers import Bounded
 from flexbot.clock import MarketClock
 from flexbot.engine.engine import Engine
 from flexbot.engine.orders import OrderTracker
@@ -41,3 +42,14 @@ def summary_line(parts: Parts) -> str:
         f"{counts.get('placed', 0)} placed, {counts.get('fills', 0)} fills, "
         f"{parts.verifier.sent} verification submissions"
     )
+
+
+def backlogs(parts: Parts) -> list[tuple[str, str, Bounded]]:
+    """(backlog, strategy or "", buffer) for every bounded buffer or memory of the running parts
+    that may drop: what `flexbot_backlog_*` and the `backlog_full` alarm read."""
+    found: list[tuple[str, str, Bounded]] = [("feed_ticker", "", parts.feed.ticker)]
+    for name, runner in sorted(parts.engine.runners.items()):
+        found.append(("inbox_orders", name, runner.inbox.changes))
+        found.append(("inbox_facts", name, runner.inbox.facts))
+    found.append(("verifier_enqueued", "", parts.verifier.enqueued))
+    return found

@@ -13,7 +13,7 @@ from decimal import Decimal
 
 from attrs import frozen
 
-from flexbot import model, rules
+from flexbot import model, rules, wire
 
 
 @frozen(order=True)
@@ -38,6 +38,22 @@ class Window:
             first += timedelta(seconds=rules.MARKET_TIME_UNIT_S)
         length = timedelta(seconds=length_s)
         return [cls(first + i * length, first + (i + 1) * length) for i in range(count)]
+
+    def isoformat(self) -> str:
+        """The window as an ISO 8601 interval, `2026-05-01T10:00:00Z/2026-05-01T10:15:00Z`: for a
+        strategy's saved state or a log field. `Window.fromisoformat` reads it back."""
+        return f"{wire.format_datetime(self.start)}/{wire.format_datetime(self.end)}"
+
+    @classmethod
+    def fromisoformat(cls, text: str) -> Window:
+        """The window of an ISO 8601 interval `start/end` (both with a zone); ValueError if not."""
+        start, slash, end = text.partition("/")
+        if not slash:
+            raise ValueError(f"{text!r} is not an interval start/end")
+        window = cls(wire.parse_datetime(start), wire.parse_datetime(end))
+        if window.end <= window.start:
+            raise ValueError(f"{text!r} ends before it starts")
+        return window
 
     def __str__(self) -> str:
         return f"{self.start:%Y-%m-%dT%H:%MZ}/{self.end:%H:%MZ}"

@@ -17,6 +17,16 @@ cancelled or matched meanwhile is obsolete (`verification.obsolete`); any other 
 and logged with the market's words (`verification.failed`). Outcomes then arrive as contract
 updates on `/trade`: `verification.accepted`, `verification.rejected` (with the market's reason),
 `settlement.completed`.
+
+Memory stays bounded over months. What the verifier remembers (the outbox keys it knows are held,
+so that a scan does not rebuild a reading the store already has; the problems and outcomes it
+logged once) is about orders the tracker holds, and is let go with them; behind that, each memory
+is a `BoundedSet` of `memory_capacity` keys that forgets the oldest beyond it (counted, visible as
+`flexbot_backlog_dropped_total{backlog="verifier_enqueued"}` and the `backlog_full` alarm).
+Forgetting costs only work: a forgotten outbox key makes the next scan build the reading again,
+and the store's `enqueue` (once per key, `INSERT OR IGNORE`) keeps the submission exactly-once; a
+forgotten "logged once" may log a line again. At start only the outbox keys of the tracked orders
+are read, not the whole outbox history.
 """
 
 from __future__ import annotations
@@ -28,34 +38,44 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 import trio
-from attrs import frozen
+from attrs import field, frozen
 
 from flexbot import logs, model, wire
 from flexbot.backoff import Backoff
+from flexbot.buffers import BoundedSet
 from flexbot.clock import Clock
 from flexbot.engine.orders import Change, Intent, OrderTracker
 from flexbot.market import Conflict, MarketClient, MarketError, NotFound, Rejected
 from flexbot.meters import baseline as baselines
 from flexbot.meters.builder import Quarter, Sample, energy_curve, meter_reading, quarters
 from flexbot.meters.source import MeterSettings, store_time
-from flexbot.store import AsyncStore, OutboxRow
+from flexbot.store import AsyncStore, OutboxRow, Store
+from flexbot.validators import at_least, sane_backoff, seconds
 
 log = logs.get_logger("flexbot.verification")
 
-MEMORY_CAP = 100_000  # "logged once" memories are cleared beyond this
 BASELINE = str(model.MeasurementType.BASELINE)
 METERING = str(model.MeasurementType.METERING)
 
 
 @frozen
 class VerificationSettings:
-    settle_delay_s: float = 60.0  # market seconds after delivery end before metering is built
-    max_wait_s: float = 1800.0  # market seconds after delivery end: then send even if incomplete
-    max_gap_s: float = 900.0  # a longer gap between readings flags the quarters it touches
-    interval_s: float = 1.0  # wall seconds between scans of the orders and the outbox
-    in_flight: int = 4
-    max_attempts_refused: int = 5  # a 422 may be a clock skew: retried this often, then failed
-    backoff: Backoff = Backoff(base_s=1.0, cap_s=60.0)
+    """The YAML `verification:` section reads into these, key for key (`flexbot.config`)."""
+
+    # Market seconds after delivery end before metering is built (late readings are awaited).
+    settle_delay_s: float = field(default=60.0, validator=seconds(zero=True))
+    # Market seconds after delivery end: then sent even if incomplete.
+    max_wait_s: float = field(default=1800.0, validator=seconds(zero=True))
+    # A longer gap between readings flags the quarters it touches.
+    max_gap_s: float = field(default=900.0, validator=seconds())
+    # Wall seconds between scans of the orders and the outbox.
+    interval_s: float = field(default=1.0, validator=seconds())
+    in_flight: int = field(default=4, validator=at_least(1))
+    # A 422 may be a clock skew: retried this often, then failed.
+    max_attempts_refused: int = field(default=5, validator=at_least(1))
+    backoff: Backoff = field(default=Backoff(base_s=1.0, cap_s=60.0), validator=sane_backoff)
+    # Keys per memory (outbox keys held, lines logged once).
+    memory_capacity: int = field(default=65_536, validator=at_least(1))
 
 
 class Verifier:
@@ -79,16 +99,20 @@ class Verifier:
         self._meters = meters
         self._wall = wall
         self._rng = rng or random.Random()
-        self._enqueued: set[tuple[str, str]] = set()  # keys known to be in the outbox
-        self._warned: set[tuple[str, str]] = set()  # (order, problem) logged once
-        self._outcomes: set[tuple[str, str]] = set()  # (contract, status) logged once
+        capacity = settings.memory_capacity
+        # Keys known to be in the outbox: (order id, measurement type).
+        self.enqueued: BoundedSet[tuple[str, str]] = BoundedSet(capacity)
+        # Logged once: (order id, problem), (order id, contract id, status).
+        self._warned: BoundedSet[tuple[str, str]] = BoundedSet(capacity)
+        self._outcomes: BoundedSet[tuple[str, str, str]] = BoundedSet(capacity)
         self._wake = trio.Event()
         self._in_flight: set[tuple[str, str]] = set()  # a key is sent by one task at a time
         self.sent = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        for row in await self._store.run(self._store.sync.outbox):
-            self._enqueued.add((row.order_id, row.measurement_type))
+        tracked = [i.order_id for i in self._tracker if i.order_id is not None and not i.dry_run]
+        for key in await self._store.run(_outbox_keys, self._store.sync, tracked):
+            self.enqueued.add(key)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._scan_loop)
             nursery.start_soon(self._send_loop)
@@ -117,10 +141,19 @@ class Verifier:
                 added += await self._metering(intent, intent.order_id, now)
         if added:
             self._wake.set()
+        self._let_go()
         return added
 
+    def _let_go(self) -> None:
+        """Forget what is about orders the tracker no longer holds (it let them go, settled and
+        long past): they are not scanned again."""
+        tracker = self._tracker
+        self.enqueued.retain(lambda key: tracker.by_order_id(key[0]) is not None)
+        self._warned.retain(lambda key: tracker.by_order_id(key[0]) is not None)
+        self._outcomes.retain(lambda key: tracker.by_order_id(key[0]) is not None)
+
     async def _baseline(self, intent: Intent, order_id: str, now: datetime) -> int:
-        if (order_id, BASELINE) in self._enqueued:
+        if (order_id, BASELINE) in self.enqueued:
             return 0
         meter = self._meter_of(intent, order_id)
         if meter is None:
@@ -135,7 +168,7 @@ class Verifier:
         return await self._enqueue(order_id, BASELINE, reading)
 
     async def _metering(self, intent: Intent, order_id: str, now: datetime) -> int:
-        if (order_id, METERING) in self._enqueued:
+        if (order_id, METERING) in self.enqueued:
             return 0
         end = intent.request.delivery_end
         if now < end + timedelta(seconds=self.settings.settle_delay_s):
@@ -212,14 +245,12 @@ class Verifier:
     async def _enqueue(self, order_id: str, kind: str, reading: model.MeterReading) -> int:
         body = wire.dumps(reading).decode()
         new = await self._store.run(self._store.sync.enqueue, order_id, kind, body, self._wall())
-        self._enqueued.add((order_id, kind))
+        self.enqueued.add((order_id, kind))
         if new:
             log.info("verification.enqueued", order_id=order_id, measurement_type=kind)
         return int(new)
 
     def _warn_once(self, order_id: str, event: str, **fields: object) -> None:
-        if len(self._warned) > MEMORY_CAP:
-            self._warned.clear()
         if (order_id, event) not in self._warned:
             self._warned.add((order_id, event))
             log.warning(event, order_id=order_id, **fields)
@@ -336,12 +367,13 @@ class Verifier:
 
     def observe(self, change: Change) -> None:
         """An engine observer: log each verification and settlement outcome once."""
-        if len(self._outcomes) > MEMORY_CAP:  # bounded over months; at worst a line again
-            self._outcomes.clear()
         contract = change.contract
-        if contract is None or (contract.contract_id, str(contract.status)) in self._outcomes:
+        if contract is None:
             return
-        self._outcomes.add((contract.contract_id, str(contract.status)))
+        key = (change.order.order_id or "", contract.contract_id, str(contract.status))
+        if key in self._outcomes:
+            return
+        self._outcomes.add(key)
         fields = {"contract_id": contract.contract_id, "order_id": change.order.order_id}
         verification = contract.verification_result
         result = verification.result if verification else None
@@ -354,6 +386,11 @@ class Verifier:
         elif contract.status == model.ContractStatus.SETTLEMENT_COMPLETED_SUCCESS:
             amount = contract.settlement.amount_eur if contract.settlement else None
             log.info("settlement.completed", **fields, amount_eur=_num(amount))
+
+
+def _outbox_keys(store: Store, order_ids: list[str]) -> list[tuple[str, str]]:
+    """The outbox keys held for these orders (one lookup each, by the outbox's primary key)."""
+    return [(r.order_id, r.measurement_type) for i in order_ids for r in store.outbox(i)]
 
 
 def _num(value: Decimal | None) -> float | None:

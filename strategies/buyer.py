@@ -12,9 +12,17 @@ from decimal import Decimal
 
 import attrs
 
-from flexbot import model
-from flexbot.schedule import Timer
-from flexbot.strategy import Context, IntentState, Strategy, Window, asks_in, positive
+from flexbot.strategy import (
+    Context,
+    IntentState,
+    OrderBook,
+    Side,
+    Strategy,
+    Timer,
+    Window,
+    asks_in,
+    positive,
+)
 
 
 @attrs.frozen
@@ -28,7 +36,6 @@ class BuyerParams:
 
 
 class FlexBuyer(Strategy[BuyerParams]):
-    Params = BuyerParams
     version = "1"
     timer = Timer(interval_s=60)
 
@@ -41,7 +48,7 @@ class FlexBuyer(Strategy[BuyerParams]):
         upcoming = Window.upcoming(ctx.now, p.windows_ahead, lead_s=p.lead_s)
         return [w for w in upcoming if not p.hours_utc or w.start.hour in p.hours_utc]
 
-    async def on_book(self, ctx: Context, book: model.OrderBook) -> None:
+    async def on_book(self, ctx: Context, book: OrderBook) -> None:
         p = self.params
         for window in self.windows(ctx):
             if window in self._refused:
@@ -53,7 +60,7 @@ class FlexBuyer(Strategy[BuyerParams]):
                     break  # best first: none further is cheap enough
                 if ask.power > need:
                     continue
-                placed = await ctx.place(model.Side.BUY, ask.power, ask.price, window)
+                placed = await ctx.place(Side.BUY, window, power_w=ask.power, price=ask.price)
                 if placed.state is IntentState.REJECTED:
                     self._refused.add(window)
                     break

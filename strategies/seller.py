@@ -9,22 +9,30 @@ once the market has its baseline.
 Re-pricing: when the book shows a bid for the window that could take the whole offer, priced below
 our ask but at or above the floor, the offer is cancelled and placed again at that bid's price, so
 it trades. Offers below the floor are never made.
+
+A window whose offer risk refused is not offered again before the next timer tick; the refused
+windows are kept across restarts (`save_state`), so a restarted seller does not knock at the
+limits again at once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal
+from typing import Any
 
 import attrs
 
-from flexbot import model
-from flexbot.problems import Invalid
-from flexbot.schedule import Timer
 from flexbot.strategy import (
     Context,
     IntentState,
+    Invalid,
+    OrderBook,
     OwnOrder,
+    Side,
+    State,
     Strategy,
+    Timer,
     Window,
     bids_in,
     flat_baseline,
@@ -59,13 +67,18 @@ class SellerParams:
 
 
 class FlexSeller(Strategy[SellerParams]):
-    Params = SellerParams
     version = "1"
     timer = Timer(interval_s=60)
 
     def __init__(self, params: SellerParams) -> None:
         super().__init__(params)
         self._refused: set[Window] = set()  # windows refused (by risk) since the last timer tick
+
+    def save_state(self) -> State:
+        return {"refused": sorted(w.isoformat() for w in self._refused)}  # sorted: stable bytes
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        self._refused = {Window.fromisoformat(text) for text in state["refused"]}
 
     async def on_start(self, ctx: Context) -> None:
         await self._offer(ctx)
@@ -74,9 +87,9 @@ class FlexSeller(Strategy[SellerParams]):
         self._refused.clear()
         await self._offer(ctx)
 
-    async def on_book(self, ctx: Context, book: model.OrderBook) -> None:
+    async def on_book(self, ctx: Context, book: OrderBook) -> None:
         for order in ctx.orders:
-            if order.side is model.Side.SELL and order.order_id is not None:
+            if order.side is Side.SELL and order.order_id is not None:
                 await self._reprice(ctx, order, book)
         await self._offer(ctx)
 
@@ -96,11 +109,13 @@ class FlexSeller(Strategy[SellerParams]):
             baseline = None
             if p.baseline_w is not None:
                 baseline = flat_baseline(window, p.baseline_w, created_at=ctx.now)
-            placed = await ctx.place(model.Side.SELL, free, p.ask_price, window, baseline=baseline)
+            placed = await ctx.place(
+                Side.SELL, window, power_w=free, price=p.ask_price, baseline=baseline
+            )
             if placed.state is IntentState.REJECTED:
                 self._refused.add(window)  # try again at the next tick, not at every book
 
-    async def _reprice(self, ctx: Context, order: OwnOrder, book: model.OrderBook) -> None:
+    async def _reprice(self, ctx: Context, order: OwnOrder, book: OrderBook) -> None:
         country = order.request.location.country_code
         takers = [b for b in bids_in(book, order.window, country) if b.power >= order.power_w]
         if not takers:
@@ -115,9 +130,9 @@ class FlexSeller(Strategy[SellerParams]):
             "seller.reprice", window=str(order.window), old=float(order.price), new=float(best)
         )
         await ctx.place(
-            model.Side.SELL,
-            order.power_w,
-            best,
+            Side.SELL,
             order.window,
+            power_w=order.power_w,
+            price=best,
             baseline=order.request.baseline,
         )

@@ -14,11 +14,12 @@ from decimal import Decimal
 
 import attrs
 
-from flexbot import model
-from flexbot.problems import Invalid
 from flexbot.strategy import (
     Context,
+    Invalid,
+    OrderBook,
     OwnOrder,
+    Side,
     Strategy,
     Window,
     asks_in,
@@ -45,13 +46,12 @@ class SpreadParams:
 
 
 class MarketMaker(Strategy[SpreadParams]):
-    Params = SpreadParams
     version = "1"
 
     async def on_start(self, ctx: Context) -> None:
         await self._quote(ctx)
 
-    async def on_book(self, ctx: Context, book: model.OrderBook) -> None:
+    async def on_book(self, ctx: Context, book: OrderBook) -> None:
         await self._quote(ctx)
 
     async def on_order(self, ctx: Context, order: OwnOrder) -> None:
@@ -76,8 +76,8 @@ class MarketMaker(Strategy[SpreadParams]):
             mid = self.mid(ctx, window)
             net = ctx.position(window).net_w
             wanted = {
-                model.Side.BUY: (mid - p.half_spread, net + p.quote_w <= p.max_net_w),
-                model.Side.SELL: (mid + p.half_spread, -net + p.quote_w <= p.max_net_w),
+                Side.BUY: (mid - p.half_spread, net + p.quote_w <= p.max_net_w),
+                Side.SELL: (mid + p.half_spread, -net + p.quote_w <= p.max_net_w),
             }
             for side, (price, allowed) in wanted.items():
                 quotes = [o for o in ctx.orders if o.window == window and o.side is side]
@@ -88,6 +88,6 @@ class MarketMaker(Strategy[SpreadParams]):
                     await ctx.cancel(quote)  # one still unknown is cancelled when it shows up
                 if allowed and len(quotes) == len(stale) and price > 0:
                     baseline = None
-                    if side is model.Side.SELL:
+                    if side is Side.SELL:
                         baseline = flat_baseline(window, p.baseline_w, created_at=ctx.now)
-                    await ctx.place(side, p.quote_w, price, window, baseline=baseline)
+                    await ctx.place(side, window, power_w=p.quote_w, price=price, baseline=baseline)

@@ -1,8 +1,9 @@
 """The engine wired to the in-process sandbox, as the daemon wires it, for tests.
 
 `running_engine` connects as one sandbox user (real loopback HTTP and WebSocket), restores the
-tracker from a real SQLite store when given one, and runs the feed and the engine until the block
-ends. `Trader` is another user placing orders through the real market client: the counterparty.
+tracker from a real SQLite store when given one (where the strategies keep their state too), and
+runs the feed and the engine until the block ends. `Trader` is another user placing orders through
+the real market client: the counterparty.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ import attrs
 import trio
 
 from flexbot import model
-from flexbot.backoff import Backoff
-from flexbot.engine.engine import Engine, EngineSettings
+from flexbot.engine.engine import Engine
 from flexbot.engine.killswitch import KillSwitch
 from flexbot.engine.loader import StrategySpec
 from flexbot.engine.orders import OrderTracker
 from flexbot.engine.risk import RiskLimits
-from flexbot.engine.runner import Supervision
+from flexbot.engine.settings import EngineSettings
+from flexbot.engine.states import StoredStates
 from flexbot.market.auth import Secret
 from flexbot.market.rest import MarketClient
 from flexbot.market.session import ConnectionSettings, MarketSession, connect
@@ -37,9 +38,10 @@ LOCATION = model.Location(location_id=("site-1",), country_code="DE")
 BOUND_S = 10.0  # the longest any condition may take to come true
 
 FAST = EngineSettings(
-    supervision=Supervision(
-        max_failures=3, failure_window_s=60, backoff=Backoff(base_s=0.01, cap_s=0.05)
-    ),
+    max_failures=3,
+    failure_window_s=60,
+    restart_backoff_s=0.01,
+    restart_backoff_cap_s=0.05,
     resolve_interval_s=0.2,
     not_placed_after_s=0.5,
     kill_switch_poll_s=0.05,
@@ -104,6 +106,7 @@ async def running_engine(
                 broker=market.client,
                 limits=limits,
                 kill_switch=kill_switch(store) if kill_switch else None,
+                states=StoredStates(store) if store is not None else None,
             )
             async with trio.open_nursery() as nursery:
                 await nursery.start(feed.run)

@@ -8,13 +8,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flexbot import config
+from flexbot.backoff import Backoff
+from flexbot.engine.settings import EngineSettings, Supervision
 from flexbot.problems import http_url_problem
+from flexbot.verification import VerificationSettings
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD: dict[str, Any] = {
@@ -143,6 +147,145 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         "$.market.extra",
         "$.market.timeout_s",
     }
+
+
+def test_every_bad_field_of_a_section_is_reported_at_once(tmp_path: Path) -> None:
+    """Each field checks itself (an attrs validator), and a bad one hides no other."""
+    document = {
+        **GOOD,
+        "market": {**GOOD["market"], "timeout_s": 0, "clock": "sundial", "username": ""},
+        "engine": {"max_failures": 0, "ticker_buffer": 0, "failure_window_s": 0},
+    }
+    path = write(tmp_path, document)
+    assert sorted(problems_of(path)) == sorted(
+        f"{path}: {line}"
+        for line in [
+            "$.market.username: must not be empty",
+            "$.market.timeout_s: must be a finite number of seconds greater than 0, got 0.0",
+            "$.market.clock: must be one of wall, sandbox, got 'sundial'",
+            "$.engine.ticker_buffer: must be at least 1, got 0",
+            "$.engine.max_failures: must be at least 1, got 0",
+            "$.engine.failure_window_s: must be greater than 0, got 0.0",
+        ]
+    )
+
+
+def _numeric_checked_fields() -> list[tuple[str, str]]:
+    """Every (section, key) of a number that a validator bounds: all of them refuse negatives."""
+    sections = {
+        "market": config.MarketConfig,
+        "engine": config.EngineConfig,
+        "verification": VerificationSettings,
+    }
+    found = []
+    for section, cls in sections.items():
+        attrs.resolve_types(cls)
+        for field in attrs.fields(cls):
+            if field.validator is not None and field.type in (int, float):
+                found.append((section, field.name))
+    return found
+
+
+NUMERIC_FIELDS = _numeric_checked_fields()
+out_of_range = st.one_of(
+    st.integers(max_value=-1),
+    st.floats(max_value=-1e-9),
+    st.sampled_from([float("nan"), float("-inf")]),
+)
+
+
+def test_the_numeric_fields_are_found() -> None:
+    assert ("engine", "max_failures") in NUMERIC_FIELDS
+    assert ("engine", "record_keep") in NUMERIC_FIELDS
+    assert ("market", "timeout_s") in NUMERIC_FIELDS
+    assert ("verification", "settle_delay_s") in NUMERIC_FIELDS
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(field=st.sampled_from(NUMERIC_FIELDS), value=out_of_range)
+def test_any_out_of_range_number_is_a_problem_located_at_its_field(
+    tmp_path: Path, field: tuple[str, str], value: float
+) -> None:
+    section, key = field
+    document = {**GOOD, section: {**GOOD.get(section, {}), key: value}}
+    path = write(tmp_path, document)
+    lines = problems_of(path)
+    assert lines, "refused"
+    assert all(line.startswith(f"{path}: $.{section}.{key}: ") for line in lines), lines
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    field=st.sampled_from([("market", "clock"), ("logging", "level"), ("logging", "format")]),
+    value=st.one_of(st.text(max_size=8), st.integers(), st.booleans(), st.none()),
+)
+def test_a_word_outside_its_choices_is_a_problem_listing_them(
+    tmp_path: Path, field: tuple[str, str], value: Any
+) -> None:
+    section, key = field
+    choices = {"clock": ["wall", "sandbox"], "level": ["debug", "info", "warning", "error"]}
+    allowed = choices.get(key, ["auto", "json", "console"])
+    document = {**GOOD, section: {**GOOD.get(section, {}), key: value}}
+    path = write(tmp_path, document)
+    if value in allowed:
+        assert getattr(getattr(config.load(path, ENV).config, section), key) == value
+        return
+    [line] = problems_of(path)
+    assert line.startswith(f"{path}: $.{section}.{key}: must be one of {', '.join(allowed)}, got ")
+
+
+def test_the_engine_section_is_the_engines_settings(tmp_path: Path) -> None:
+    """One class, no twin to keep in step: the section reads into the engine's settings."""
+    engine = {
+        "max_failures": 7,
+        "failure_window_s": 11,
+        "restart_backoff_s": 2,
+        "restart_backoff_cap_s": 9,
+        "callback_timeout_s": 3,
+        "record": "events.jsonl",
+        "record_keep": 3,
+    }
+    settings = config.load(write(tmp_path, {**GOOD, "engine": engine}), ENV).config.engine
+    assert isinstance(settings, EngineSettings)
+    assert settings.supervision == Supervision(
+        max_failures=7,
+        failure_window_s=11,
+        backoff=Backoff(base_s=2, cap_s=9),
+        callback_timeout_s=3,
+    )
+    assert (settings.record, settings.record_keep) == ("events.jsonl", 3)
+
+
+@pytest.mark.parametrize(
+    ("meter", "expected"),
+    [
+        ({"baseline": {"method": "median"}}, "$.meters[0].baseline.method: must be one of "),
+        ({"baseline": {"days": 0}}, "$.meters[0].baseline.days: must be at least 1, got 0"),
+        (
+            {"baseline": {"method": "high_x_of_y", "x": 6, "y": 5}},
+            "$.meters[0].baseline.x: must be between 1 and y",
+        ),
+        ({"source": {"type": "gps"}}, "$.meters[0].source.type: must be one of synthetic,"),
+        ({"source": []}, "$.meters[0].source: expected a mapping with a `type`"),
+        ({"source": {"type": "csv"}}, "$.meters[0].source.path: required field is missing"),
+        ({"kind": "volts"}, "$.meters[0].kind: must be one of power_w, energy_kwh, got 'volts'"),
+    ],
+)
+def test_a_bad_meter_is_located(tmp_path: Path, meter: dict[str, Any], expected: str) -> None:
+    entry = {"id": "m", "location_id": "site-1", "source": {"type": "synthetic"}, **meter}
+    path = write(tmp_path, {**GOOD, "meters": [entry]})
+    lines = problems_of(path)
+    assert any(line.startswith(f"{path}: {expected}") for line in lines), lines
+
+
+def test_two_meters_of_one_name_are_located_at_the_second(tmp_path: Path) -> None:
+    entry = {"id": "m", "location_id": "site-1", "source": {"type": "synthetic"}}
+    path = write(tmp_path, {**GOOD, "meters": [entry, entry]})
+    assert problems_of(path) == [f"{path}: $.meters[1].id: another meter is already named 'm'"]
 
 
 def test_broken_yaml_names_the_line(tmp_path: Path) -> None:

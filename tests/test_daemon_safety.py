@@ -84,7 +84,11 @@ class PlaceSome(Strategy[Params]):
             if position.open_buy_w + position.bought_w == 0:
                 expiry = window.start - timedelta(minutes=5)
                 await ctx.place(
-                    model.Side.BUY, self.params.power_w, self.params.price, window, expiry=expiry
+                    model.Side.BUY,
+                    window,
+                    power_w=self.params.power_w,
+                    price=self.params.price,
+                    expiry=expiry,
                 )
 '''
 

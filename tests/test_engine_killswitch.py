@@ -48,7 +48,7 @@ class Scripted(Strategy[PlanParams]):
             window = windows[planned.window_index]
             if any(o.window == window and o.side is planned.side for o in ctx.orders):
                 continue
-            await ctx.place(planned.side, planned.power_w, planned.price, window)
+            await ctx.place(planned.side, window, power_w=planned.power_w, price=planned.price)
 
 
 plans = st.lists(

@@ -12,10 +12,11 @@ import yaml
 from structlog.testing import capture_logs
 
 from flexbot.clock import MarketClock
-from flexbot.engine.engine import Engine, EngineSettings
+from flexbot.engine.engine import Engine
 from flexbot.engine.loader import StrategySpec, load_spec
 from flexbot.engine.orders import OrderTracker
 from flexbot.engine.risk import RiskLimits
+from flexbot.engine.settings import EngineSettings
 
 ROOT = Path(__file__).parents[1]
 
@@ -59,4 +60,4 @@ def test_changed_params_reach_the_running_class_and_the_rest_waits_for_a_restart
     assert isinstance(runner.strategy.params, running_class.Params)
     assert runner.strategy.params.limit_price == Decimal("0.2")
     assert runner.spec.dry_run is False  # applied at the next start only
-    assert engine.limits.max_open_orders == 3
+    assert engine.desk.limits.max_open_orders == 3

@@ -14,8 +14,8 @@ import pytest
 import trio
 
 from flexbot import model
-from flexbot.engine.engine import EngineSettings
 from flexbot.engine.killswitch import KillSwitch
+from flexbot.engine.settings import EngineSettings
 from flexbot.market.streams import Endpoint
 from flexbot.sandbox.market import MarketSettings
 from flexbot.strategy import Context, IntentState, Strategy, Window
@@ -268,14 +268,14 @@ async def test_the_kill_switch_file_cancels_everything_and_blocks_new_orders(
         await until(lambda: open_on_market(sandbox) == [])
         runner = h.engine.runners["a"]
         window = Window.upcoming(sandbox.market.clock.now(), 4)[3]
-        refused = await h.engine.place(
+        refused = await h.engine.desk.place(
             runner, model.Side.BUY, window, power_w=Decimal(1), price=Decimal("0.1")
         )
         assert refused.state is IntentState.REJECTED
         assert "halted" in (refused.reason or "")
         kill.unlink()
-        await until(lambda: not h.engine._killed)
-        placed = await h.engine.place(
+        await until(lambda: not h.engine.desk.halted)
+        placed = await h.engine.desk.place(
             runner, model.Side.BUY, window, power_w=Decimal(1), price=Decimal("0.1")
         )
         assert placed.state is IntentState.OPEN
@@ -291,10 +291,9 @@ async def test_a_submission_cut_off_by_the_callback_timeout_is_resolved_not_stuc
     """The strategy's callback times out while its order is being sent: the order may exist, so
     it becomes unknown (not stuck pending) and is then found on the market."""
     sandbox.market.faults.update({"rest_latency_ms": 1500})
-    supervision = attrs.evolve(FAST.supervision, callback_timeout_s=0.5, max_failures=100)
     # The cut-off POST is still on its way for the rest of its 1.5 s latency: a listing before it
     # lands must not yet mean "not placed" (found flaky on a loaded machine with FAST's 0.5 s).
-    settings = attrs.evolve(FAST, supervision=supervision, not_placed_after_s=5.0)
+    settings = attrs.evolve(FAST, callback_timeout_s=0.5, max_failures=100, not_placed_after_s=5.0)
     async with running_engine(sandbox, [spec(PlaceOnce)], settings=settings) as h:
         await until(lambda: any(i.reason and "cancelled" in i.reason for i in h.tracker))
         sandbox.market.faults.update({"rest_latency_ms": 0})

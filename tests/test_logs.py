@@ -129,14 +129,15 @@ async def test_a_market_url_with_credentials_never_reaches_clock_sync_failed(
     assert "market-password-from-file" not in output.text
 
 
-def test_a_market_url_with_credentials_never_reaches_config_reload_failed(
+@pytest.mark.anyio
+async def test_a_market_url_with_credentials_never_reaches_config_reload_failed(
     output: Output, tmp_path: Path
 ) -> None:
     path = write_config(tmp_path)
     loaded = config.load(path, {})
     write_config(tmp_path, f"ftp://operator:{URL_PASSWORD}@market.test")
 
-    daemon._reload(loaded, cast(Any, None))  # an invalid config: the engine is not touched
+    await daemon._reload(loaded, cast(Any, None))  # an invalid config: the engine is not touched
 
     problems = output.event("config.reload_failed")["problems"]
     assert any("$.market.url" in line for line in problems)

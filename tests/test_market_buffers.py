@@ -1,9 +1,16 @@
-"""Property tests of the delivery buffers (flexbot.market.buffers), the rules of ARCHITECTURE.md:
+"""Property tests of the delivery buffers (flexbot.buffers), the rules of ARCHITECTURE.md:
 
 - `Conflator` (order books): the writer never waits, a reader gets the newest value, never a
   backlog, never an older value after a newer one, and `replaced` counts what it skipped;
 - `DropOldest` (ticker, expired orders): the writer never waits, items come out in order, and on
-  overflow exactly the oldest are dropped and counted.
+  overflow exactly the oldest are dropped and counted;
+- `Backlog` with a key (a strategy's own-order changes), the one implementation behind both:
+  checked against a model by a rule-based state machine (never more than its capacity, the line
+  in the order of the latest puts, the latest item of a key kept, drop and replace counts exact),
+  and with
+  several buffers sharing one parking lot, as an inbox reads them;
+- `BoundedSet` (the verifier's and the alarms' memories): never more than its capacity, the
+  longest unused key forgotten first, counted.
 
 Each example runs in its own `trio.run` on a `MockClock` that jumps ahead whenever every task is
 asleep, so schedules of writers and readers are deterministic and take no real time.
@@ -20,8 +27,9 @@ import trio
 import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from flexbot.market.buffers import Closed, Conflator, DropOldest
+from flexbot.buffers import Backlog, BoundedSet, Closed, Conflator, DropOldest
 
 
 def run(main: Callable[[], Awaitable[Any]]) -> Any:
@@ -279,3 +287,204 @@ def test_drop_oldest_close_wakes_a_reader_drains_what_is_left_and_refuses_puts()
 def test_drop_oldest_needs_room_for_one_item() -> None:
     with pytest.raises(ValueError, match="at least one"):
         DropOldest(0)
+
+
+# --- Backlog, keyed: a rule-based model -----------------------------------------------------------
+
+Entry = tuple[int, int]  # (key, serial): the key function takes the first; serials are unique
+
+
+class BacklogMachine(RuleBasedStateMachine):
+    """Puts and takes in any order against a list model of (key, item) in line. With `keyed`
+    false the buffer is a plain bounded FIFO (every item its own key)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.capacity = 1
+        self.keyed = True
+        self.buffer: Backlog[Entry] = Backlog(1)
+        self.line: list[Entry] = []
+        self.serial = 0
+        self.dropped = 0
+        self.replaced = 0
+        self.told: list[Entry] = []  # what on_drop was told
+        self.lost: list[Entry] = []  # what the model dropped
+
+    @initialize(capacity=st.integers(min_value=1, max_value=6), keyed=st.booleans())
+    def make(self, capacity: int, keyed: bool) -> None:
+        self.capacity, self.keyed = capacity, keyed
+        self.buffer = Backlog(
+            capacity, key=(lambda entry: entry[0]) if keyed else None, on_drop=self.told.append
+        )
+
+    @rule(key=st.integers(min_value=0, max_value=8))
+    def put(self, key: int) -> None:
+        self.serial += 1
+        entry = (key, self.serial)
+        same = [i for i, (k, _) in enumerate(self.line) if k == key] if self.keyed else []
+        if same:
+            del self.line[same[0]]  # the newest joins the back of the line
+            self.line.append(entry)
+            self.replaced += 1
+            expect_kept = True
+        else:
+            expect_kept = len(self.line) < self.capacity
+            if not expect_kept:
+                self.lost.append(self.line.pop(0))
+                self.dropped += 1
+            self.line.append(entry)
+        assert self.buffer.put(entry) is expect_kept  # synchronous: the writer never waits
+
+    @precondition(lambda self: bool(self.line))
+    @rule()
+    def take(self) -> None:
+        assert self.buffer.take_nowait() == self.line.pop(0)
+
+    @precondition(lambda self: not self.line)
+    @rule()
+    def take_from_empty(self) -> None:
+        with pytest.raises(trio.WouldBlock):
+            self.buffer.take_nowait()
+
+    @rule()
+    def supersede_all(self) -> None:
+        assert self.buffer.supersede_all() == self.line
+        self.replaced += len(self.line)
+        self.line.clear()
+
+    @invariant()
+    def never_more_than_its_capacity(self) -> None:
+        assert len(self.buffer) == len(self.line) <= self.capacity
+        assert self.buffer.full is (len(self.line) == self.capacity)
+
+    @invariant()
+    def counts_are_exact(self) -> None:
+        assert self.buffer.dropped == self.dropped
+        assert self.buffer.replaced == self.replaced
+        assert self.told == self.lost  # each dropped item, oldest first
+
+    @invariant()
+    def a_key_waits_once_and_the_line_is_in_the_order_of_the_puts(self) -> None:
+        serials = [serial for _, serial in self.line]
+        assert serials == sorted(serials)
+        if self.keyed:
+            keys = [k for k, _ in self.line]
+            assert len(keys) == len(set(keys))
+
+
+BacklogMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=60)
+test_backlog_matches_its_model = BacklogMachine.TestCase
+
+
+@given(
+    capacity=st.integers(min_value=1, max_value=5),
+    script=st.lists(st.integers(min_value=0, max_value=6), max_size=60),
+)
+def test_a_keyed_burst_reads_as_the_latest_item_of_each_key_in_the_order_of_the_puts(
+    capacity: int, script: list[int]
+) -> None:
+    """Keys are orders, items their successive states: after any burst, reading it all gives each
+    key at most once, with its newest state, newest puts last; what is missing was dropped at the
+    cap (the keys whose latest put is oldest) or replaced, and counted."""
+    backlog: Backlog[Entry] = Backlog(capacity, key=lambda entry: entry[0])
+    for serial, key in enumerate(script):
+        backlog.put((key, serial))
+    out = []
+    while backlog:
+        out.append(backlog.take_nowait())
+    keys = [k for k, _ in out]
+    assert len(keys) == len(set(keys))
+    last = {key: serial for serial, key in enumerate(script)}
+    assert all(last[key] == serial for key, serial in out)
+    # The keys kept are those whose latest puts are the newest.
+    assert [serial for _, serial in out] == sorted(last.values())[len(last) - len(out) :]
+    assert len(out) + backlog.dropped + backlog.replaced == len(script)
+
+
+def test_buffers_sharing_a_lot_wake_one_reader_that_picks_by_priority() -> None:
+    """An inbox's way: one parking lot, several buffers, the reader takes the most urgent."""
+
+    async def main() -> None:
+        lot = trio.lowlevel.ParkingLot()
+        urgent: Backlog[str] = Backlog(4, key=lambda s: s[0], lot=lot)
+        facts: DropOldest[str] = DropOldest(2, lot=lot)
+        book: Conflator[str] = Conflator(lot=lot)
+        got: list[str] = []
+
+        async def reader() -> None:
+            while len(got) < 5:
+                for buffer in (urgent, facts, book):
+                    if buffer:
+                        got.append(buffer.take_nowait())
+                        break
+                else:
+                    await lot.park()
+                    continue
+                await trio.sleep(0.001)  # a slow reader: the writers run ahead
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reader)
+                await trio.testing.wait_all_tasks_blocked()
+                book.put("book-1")
+                await trio.testing.wait_all_tasks_blocked()  # the reader woke and took it
+                for item in ("f1", "f2", "f3"):
+                    facts.put(item)
+                book.put("book-2")
+                urgent.put("a1")
+                urgent.put("a2")  # replaces a1
+        assert got == ["book-1", "a2", "f2", "f3", "book-2"]
+        assert (facts.dropped, urgent.replaced, book.replaced) == (1, 1, 0)
+
+    run(main)
+
+
+def test_a_backlog_needs_room_for_one_item() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        Backlog(0)
+
+
+# --- BoundedSet -----------------------------------------------------------------------------------
+
+
+@given(
+    capacity=st.integers(min_value=1, max_value=6),
+    script=st.lists(
+        st.one_of(st.integers(0, 9), st.tuples(st.just("discard"), st.integers(0, 9))),
+        max_size=80,
+    ),
+)
+def test_bounded_set_forgets_the_longest_unused_key_first_and_counts_it(
+    capacity: int, script: list[int | tuple[str, int]]
+) -> None:
+    memory: BoundedSet[int] = BoundedSet(capacity)
+    order: list[int] = []  # least recently added first
+    forgotten = 0
+    for step in script:
+        if isinstance(step, tuple):
+            memory.discard(step[1])
+            if step[1] in order:
+                order.remove(step[1])
+            continue
+        if step in order:
+            order.remove(step)
+        elif len(order) == capacity:
+            order.pop(0)
+            forgotten += 1
+        order.append(step)
+        memory.add(step)
+        assert len(memory) <= capacity
+    assert list(memory) == order
+    assert memory.dropped == forgotten
+    assert all(key in memory for key in order)
+
+
+def test_bounded_set_retain_lets_go_on_purpose_uncounted() -> None:
+    memory: BoundedSet[str] = BoundedSet(10)
+    for key in "abcdef":
+        memory.add(key)
+    assert memory.retain(lambda key: key in "ace") == 3
+    assert list(memory) == ["a", "c", "e"]
+    assert memory.dropped == 0
+    with pytest.raises(ValueError, match="at least one"):
+        BoundedSet(0)

@@ -15,9 +15,9 @@ import trio
 import trio.testing
 
 from flexbot import model
+from flexbot.buffers import Conflator, DropOldest
 from flexbot.market import AuthFailed, Credentials, MarketClient, Secret, TokenManager
 from flexbot.market.auth import TOKEN_PATH
-from flexbot.market.buffers import Conflator, DropOldest
 from flexbot.market.streams import StreamSettings
 
 pytestmark = pytest.mark.anyio

@@ -279,3 +279,48 @@ async def test_a_wrong_password_is_logged_and_retried(secured_broker: Broker) ->
     assert all("not authori" in e["reason"].lower() for e in failures), failures
     assert refused.receive.statistics().current_buffer_used == 0  # it never heard a probe
     assert "wrong-pw" not in repr(logs)
+
+
+# --- a broker that does not answer ----------------------------------------------------------------
+
+
+@asynccontextmanager
+async def unanswering_broker() -> AsyncIterator[trio.socket.SocketType]:
+    """A listener whose accept queue is full (backlog 0, one connection waiting in it): the
+    kernel drops further SYNs, so a connect to it hangs, as to a broker behind a dead route,
+    until the queue has room again."""
+    server = trio.socket.socket()
+    with server:
+        await server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        filler = trio.socket.socket()
+        with filler:
+            await filler.connect(server.getsockname())
+            yield server
+
+
+async def test_a_cancel_during_a_connect_that_hangs_ends_the_source_at_once() -> None:
+    """paho's connect blocks (up to its 5 s timeout): the cancel abandons it, and the client is
+    closed once that connect returns, so no connection outlives the source."""
+    async with unanswering_broker() as server:
+        port = server.getsockname()[1]
+        meter = MqttMeter("m1", MqttSettings(topic="site/f/power", port=port), rng=QuickRandom())
+        # The test holds the client, so that no garbage collection closes its socket for it.
+        clients: list[Any] = []
+        make_client = meter._client
+        meter._client = lambda: clients.append(make_client()) or clients[-1]  # type: ignore[method-assign]
+        started = trio.current_time()
+        with trio.move_on_after(0.3):  # by then the meter waits in its connect
+            await meter.run(Collected().emit)
+        assert trio.current_time() - started < 1.0  # not paho's connect timeout (5 s)
+        # Room in the queue: the abandoned connect now completes (at its next SYN)...
+        waiting, _ = await server.accept()
+        waiting.close()
+        with trio.fail_after(10):
+            connection, _ = await server.accept()
+            with connection:
+                received = b""
+                while chunk := await connection.recv(1024):
+                    received += chunk
+        # ... and is closed by its thread: its CONNECT (if it got that far), then the end.
+        assert received[:1] in (b"", b"\x10")

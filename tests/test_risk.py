@@ -721,11 +721,12 @@ async def test_kill_switch_file_engages_only_while_the_file_exists(tmp_path: Pat
     switch = KillSwitch(file=path)
     assert switch.reasons() == []
     path.touch()
-    assert switch.engaged
+    assert not switch.engaged  # seen at the next refresh: only that touches the disk
     assert await switch.refresh() == [f"file {path}"]
+    assert switch.engaged
     path.unlink()
-    assert switch.reasons() == []  # not engaged
     assert await switch.refresh() == []
+    assert switch.reasons() == []  # not engaged
 
 
 async def test_kill_switch_latch_survives_a_restart_until_released(tmp_path: Path) -> None:

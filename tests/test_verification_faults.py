@@ -79,7 +79,8 @@ class SellEachWindow(Strategy[SellParams]):
                 continue
             position = ctx.position(window)
             if position.sold_w == 0 and position.open_sell_w == 0:
-                await ctx.place(model.Side.SELL, self.params.power_w, self.params.price, window)
+                p = self.params
+                await ctx.place(model.Side.SELL, window, power_w=p.power_w, price=p.price)
 
 
 class SellFirstWindow(SellEachWindow):

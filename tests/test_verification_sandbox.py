@@ -51,7 +51,8 @@ class SellOnce(Strategy[SellParams]):
     async def on_start(self, ctx: Context) -> None:
         window = Window.upcoming(ctx.now, 1)[0]
         if not ctx.orders and ctx.position(window).sold_w == 0:
-            await ctx.place(model.Side.SELL, self.params.power_w, self.params.price, window)
+            p = self.params
+            await ctx.place(model.Side.SELL, window, power_w=p.power_w, price=p.price)
 
 
 @attrs.define

@@ -7,7 +7,7 @@ import copy
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import orjson
@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from flexbot import model, wire
 from flexbot.problems import Invalid, Loc, render_loc
+from flexbot.validators import at_least, seconds
 from tests import strategies_model as sm
 
 FAST = settings(max_examples=200, deadline=None)
@@ -819,3 +820,92 @@ def test_the_fast_book_path_never_disagrees_with_the_general_one(data: Any) -> N
         assert fast is None
     else:
         assert fast is None or fast == general
+
+
+# --- fields that check themselves (attrs validators) --------------------------------------------
+
+
+@attrs.frozen
+class _Checked:
+    """Fields with located validators beside a timestamp and a renamed `Literal`."""
+
+    count: int = attrs.field(default=1, validator=at_least(1))
+    limit: Decimal = attrs.field(default=Decimal(1), validator=at_least(0))
+    at: datetime | None = None
+    class_: Literal["a", "b"] = attrs.field(default="a", metadata={"key": "class"})
+    window_s: float = attrs.field(default=1.0, validator=seconds())
+
+
+@attrs.frozen
+class _NeedsItself:
+    """A validator that reads the instance: it cannot run on its own."""
+
+    low: int = 0
+    high: int = attrs.field(default=1)
+
+    @high.validator
+    def _above_low(self, attribute: attrs.Attribute[int], value: int) -> None:
+        if value <= self.low:
+            raise Invalid.single(("high",), "must be above low")
+
+
+@pytest.mark.parametrize("converter", [wire.CONVERTER, wire.STRICT_CONVERTER])
+def test_every_field_that_fails_its_validator_is_reported_at_once(converter: Any) -> None:
+    """attrs stops at the first failing validator; the converter reports them all."""
+    with pytest.raises(Invalid) as caught:
+        wire.structure({"count": 0, "limit": -1, "window_s": 0}, _Checked, converter=converter)
+    assert [str(p) for p in caught.value.problems] == [
+        "$.count: must be at least 1, got 0",
+        "$.limit: must be 0 or more, got -1",
+        "$.window_s: must be a finite number of seconds greater than 0, got 0.0",
+    ]
+
+
+def test_validators_are_reported_beside_the_fields_that_do_not_structure() -> None:
+    data = {"count": 0, "at": "yesterday", "class": "c", "window_s": float("inf")}
+    with pytest.raises(Invalid) as caught:
+        wire.structure(data, _Checked, loc=("outer",), converter=wire.STRICT_CONVERTER)
+    lines = sorted(str(p) for p in caught.value.problems)
+    assert lines[0].startswith("$.outer.at: 'yesterday' is not an ISO-8601 timestamp")
+    assert lines[1:] == [
+        "$.outer.class: must be one of a, b, got 'c'",
+        "$.outer.count: must be at least 1, got 0",
+        "$.outer.window_s: must be a finite number of seconds greater than 0, got inf",
+    ]
+
+
+def test_a_validator_that_reads_the_instance_is_reported_as_attrs_met_it() -> None:
+    with pytest.raises(Invalid) as caught:
+        wire.structure({"low": 5, "high": 5}, _NeedsItself)
+    assert [str(p) for p in caught.value.problems] == ["$.high: must be above low"]
+
+
+@given(
+    count=st.integers(max_value=0),
+    limit=st.decimals(max_value=Decimal("-0.000001"), allow_nan=False, allow_infinity=False),
+    window_s=st.one_of(
+        st.floats(max_value=0.0), st.sampled_from([float("inf"), float("-inf"), float("nan")])
+    ),
+    which=st.sets(st.sampled_from(["count", "limit", "window_s"]), min_size=1),
+)
+def test_any_out_of_range_values_are_each_located_at_their_field(
+    count: int, limit: Decimal, window_s: float, which: set[str]
+) -> None:
+    values = {"count": count, "limit": float(limit), "window_s": window_s}
+    with pytest.raises(Invalid) as caught:
+        wire.structure({k: values[k] for k in which}, _Checked, converter=wire.STRICT_CONVERTER)
+    assert {p.loc for p in caught.value.problems} == {(k,) for k in which}
+
+
+@given(
+    value=st.one_of(st.text(max_size=5), st.integers(), st.booleans(), st.none(), sm.json_values)
+)
+def test_a_literal_takes_only_its_values_of_their_type(value: Any) -> None:
+    if value in ("a", "b") and type(value) is str:
+        assert wire.structure({"class": value}, _Checked).class_ == value
+        return
+    with pytest.raises(Invalid) as caught:
+        wire.structure({"class": value}, _Checked)
+    [problem] = caught.value.problems
+    assert problem.loc == ("class",)
+    assert problem.msg.startswith("must be one of a, b, got ")

@@ -12,8 +12,7 @@ from decimal import Decimal
 
 import attrs
 
-from flexbot import model
-from flexbot.strategy import Context, Strategy, Window, positive
+from flexbot.strategy import Context, OrderBook, Side, Strategy, Window, positive
 
 
 @attrs.frozen
@@ -22,18 +21,17 @@ class ProbeParams:
 
 
 class LatencyProbe(Strategy[ProbeParams]):
-    Params = ProbeParams
     version = "1"
 
     def __init__(self, params: ProbeParams) -> None:
         super().__init__(params)
         self._last_ask: Decimal | None = None
 
-    async def on_book(self, ctx: Context, book: model.OrderBook) -> None:
+    async def on_book(self, ctx: Context, book: OrderBook) -> None:
         asks = book.flat_asks()
         if not asks or asks[0].price == self._last_ask:
             return
         best = asks[0]
         self._last_ask = best.price
         price = best.price * self.params.price_factor
-        await ctx.place(model.Side.BUY, best.power, price, Window.of(best))
+        await ctx.place(Side.BUY, Window.of(best), power_w=best.power, price=price)

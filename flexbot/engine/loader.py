@@ -6,7 +6,7 @@
     dry_run: false            # paper trading for this strategy alone
     location: {location_id: [site-1], country_code: DE}
     timer: {interval_s: 60}   # or {cron: "*/15 * * * *", timezone: Europe/Berlin}
-    params: {...}             # the class's Params
+    params: {...}             # the class's params (`Strategy[Params]`)
     risk: {...}               # this strategy's own limits (flexbot.engine.risk.RiskLimits)
 
 A strategy's name is its file's stem. Importing a module runs its code: strategy files are trusted
@@ -37,7 +37,7 @@ wire.register_enum(TradingState)
 
 @frozen
 class StrategyFile:
-    """The schema of a strategy file. `params` is checked apart, against the class's Params."""
+    """The schema of a strategy file. `params` is checked apart, against the class's params."""
 
     module: str
     class_: str = attrs.field(metadata={"key": "class"})  # `class` is a Python keyword
@@ -168,6 +168,12 @@ def strategy_class(module: ModuleType, class_name: str) -> type[Strategy[Any]]:
         raise Invalid.single(("class",), f"{module.__name__} has no class {class_name!r}")
     if not (isinstance(found, type) and issubclass(found, Strategy)):
         raise Invalid.single(("class",), f"{class_name} is not a flexbot.strategy.Strategy")
-    if not attrs.has(found.Params):
-        raise Invalid.single(("class",), f"{class_name}.Params must be an attrs class")
+    params = getattr(found, "Params", None)  # absent from a base still generic in its params
+    if params is None:
+        message = f"{class_name} is generic in its params: name them, Strategy[MyParams]"
+        raise Invalid.single(("class",), message)
+    if not attrs.has(params):
+        raise Invalid.single(
+            ("class",), f"{class_name}'s params class {params.__qualname__} must be an attrs class"
+        )
     return found

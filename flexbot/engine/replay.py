@@ -24,10 +24,11 @@ from attrs import define, frozen
 
 from flexbot import model, wire
 from flexbot.clock import SetClock
-from flexbot.engine.engine import Engine, EngineSettings
+from flexbot.engine.engine import Engine
 from flexbot.engine.loader import StrategySpec
 from flexbot.engine.orders import OrderTracker
 from flexbot.engine.recording import Recorded, read
+from flexbot.engine.settings import EngineSettings
 from flexbot.market import Endpoint, TradeEvent
 from flexbot.problems import Invalid
 from flexbot.schedule import Schedule
@@ -168,4 +169,5 @@ def _report(tracker: OrderTracker, events: int, rejected: int) -> ReplayReport:
 
 
 def load_recording(path: Path) -> list[Recorded]:
+    """One recording file: the live `.jsonl`, or a rotated, compressed `.jsonl.gz`."""
     return list(read(path))

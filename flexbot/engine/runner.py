@@ -5,7 +5,15 @@ the strategy is restarted: a new instance from the same params, `on_start` again
 that doubles from `restart_backoff_s` up to its cap. After `max_failures` failures within
 `failure_window_s` it is disabled for the rest of the run: its live orders are cancelled (nobody
 manages them any more) and nothing else is touched. Events that arrive meanwhile wait in the inbox
-(books conflated, facts bounded, own orders kept), so a restarted strategy resumes from the present.
+(books conflated, facts bounded, the latest change of each own order), so a restarted strategy
+resumes from the present.
+
+Its state (`Strategy.save_state`), where the engine keeps states (`StateKeeper`; a replay does
+not): loaded into each new instance before `on_start`, saved after every callback that completed
+and changed it (its JSON bytes differ from the last saved), so a SIGKILL loses at most one
+callback's change. A failed callback's instance is not saved: the next instance starts from the
+state before it. A state that cannot be loaded starts the strategy fresh; one that cannot be saved
+leaves the previous one; both are logged, neither is a failure of the strategy.
 """
 
 from __future__ import annotations
@@ -18,17 +26,19 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 import trio
-from attrs import frozen
 
 from flexbot import logs, model
-from flexbot.backoff import Backoff
 from flexbot.clock import Clock
+from flexbot.engine import states
+from flexbot.engine.desk import OrderDesk
 from flexbot.engine.inbox import Inbox, Item
 from flexbot.engine.loader import StrategySpec
 from flexbot.engine.orders import OrderTracker
+from flexbot.engine.settings import Supervision
+from flexbot.engine.states import StateKeeper
 from flexbot.engine.view import MarketView
 from flexbot.store import StoreFailed
-from flexbot.strategy import Strategy
+from flexbot.strategy import API_VERSION, Logger, Strategy
 from flexbot.trading import OwnOrder, Position, Window
 
 log = logs.get_logger("flexbot.engine.runner")
@@ -42,21 +52,14 @@ class RunnerState(enum.StrEnum):
     STOPPED = "stopped"
 
 
-@frozen
-class Supervision:
-    max_failures: int = 5
-    failure_window_s: float = 300.0
-    backoff: Backoff = Backoff(base_s=1.0, cap_s=60.0)
-    callback_timeout_s: float = 60.0
-
-
 class StrategyFailed(Exception):
     pass
 
 
-class Desk(Protocol):
-    """What a runner needs of the engine that owns it: where its strategy's orders go, and what
-    its context reads. The engine is one; the runner never imports it (the engine imports us)."""
+class Host(Protocol):
+    """What a runner needs of the engine that owns it: where its strategy's orders go (the desk),
+    and what its context reads. The engine is one; the runner never imports it (the engine
+    imports us)."""
 
     @property
     def clock(self) -> Clock: ...
@@ -65,36 +68,31 @@ class Desk(Protocol):
     @property
     def tracker(self) -> OrderTracker: ...
 
-    async def place(
-        self,
-        runner: StrategyRunner,
-        side: model.Side,
-        power_w: Decimal,
-        price: Decimal,
-        window: Window,
-        *,
-        expiry: datetime | None = None,
-        location: model.Location | None = None,
-        baseline: model.MeterReading | None = None,
-    ) -> OwnOrder: ...
-
-    async def cancel(self, client_id: str, *, strategy: str | None = None) -> OwnOrder: ...
-
-    async def cancel_all(self, strategy: str | None = None) -> int: ...
+    @property
+    def desk(self) -> OrderDesk: ...
 
 
 class StrategyRunner:
     def __init__(
-        self, spec: StrategySpec, engine: Desk, supervision: Supervision, fact_capacity: int
+        self,
+        spec: StrategySpec,
+        engine: Host,
+        supervision: Supervision,
+        fact_capacity: int,
+        *,
+        states: StateKeeper | None = None,
     ) -> None:
         self.spec = spec
         self.name = spec.name
         self._engine = engine
         self.supervision = supervision
-        self.inbox = Inbox(fact_capacity)
-        self.log = logs.get_logger("flexbot.strategy").bind(strategy=spec.name)
+        self.inbox = Inbox(fact_capacity, tracker=engine.tracker, strategy=spec.name)
+        self.log: Logger = logs.get_logger("flexbot.strategy").bind(strategy=spec.name)
         self.context = RunnerContext(self, engine)
         self.strategy: Strategy[Any] = spec.cls(spec.params)
+        self._states = states
+        self._saved: str | None = None  # the state's JSON as last saved (or loaded)
+        self._unsaved: str | None = None  # why the last save failed (logged once per reason)
         self.state = RunnerState.STARTING
         self.failures: list[float] = []  # trio times of recent failures
         self.callbacks = 0
@@ -113,8 +111,15 @@ class StrategyRunner:
     async def _run(self) -> None:
         while True:
             try:
+                restored = await self._load_state()
                 await self._call("on_start", self.strategy.on_start, self.context)
                 self.state = RunnerState.RUNNING
+                self.log.info(
+                    "strategy.started",
+                    version=self.spec.version,
+                    api_version=API_VERSION,
+                    restored_state=restored,
+                )
                 while True:
                     item = await self.inbox.next()
                     await self._dispatch(item)
@@ -131,7 +136,7 @@ class StrategyRunner:
 
     async def stop(self, timeout_s: float) -> None:
         """End the strategy's task (no callback runs after this), then let it say goodbye
-        (`on_stop`), within `timeout_s`."""
+        (`on_stop`) and save its state, within `timeout_s`."""
         self._scope.cancel()
         running = self.state is RunnerState.RUNNING
         if self.state is not RunnerState.DISABLED:
@@ -182,6 +187,56 @@ class StrategyRunner:
             raise  # the daemon's fault, not the strategy's: it halts trading (flexbot.daemon)
         except Exception as exc:
             self._failed(name, f"{type(exc).__name__}: {exc}", exc)
+        await self._save_state()
+
+    # --- the strategy's state -------------------------------------------------------------------
+
+    async def _load_state(self) -> bool:
+        """Hand the saved state to the new instance; True if there was one and it was taken. A
+        state it cannot take is logged and the strategy starts fresh (a new instance again: the
+        failed `load_state` may have taken half of it)."""
+        if self._states is None:
+            return False
+        text = await self._states.load(self.name)  # a StoreFailed halts the daemon
+        self._saved = text
+        if text is None:
+            return False
+        try:
+            self.strategy.load_state(states.decode(text))
+        except Exception as exc:
+            self.log.warning("strategy.state_unreadable", reason=_reason(exc), exc_info=exc)
+            self.strategy = self.spec.cls(self.spec.params)
+            return False
+        return True
+
+    async def _save_state(self) -> None:
+        """Save the strategy's state if it changed since the last save (by its JSON bytes)."""
+        if self._states is None:
+            return
+        try:
+            state = self.strategy.save_state()
+            if state is None:
+                return
+            text = states.encode(state)
+        except Exception as exc:
+            self._not_saved(_reason(exc), exc)
+            return
+        if text == self._saved:
+            return
+        try:
+            await self._states.save(self.name, text, self._engine.clock.now())
+        except StoreFailed:
+            raise
+        except Exception as exc:
+            self._not_saved(_reason(exc), exc)
+            return
+        self._saved = text
+        self._unsaved = None
+
+    def _not_saved(self, reason: str, exc: BaseException) -> None:
+        if reason != self._unsaved:  # not again at every callback while it stays so
+            self.log.warning("strategy.state_unsaved", reason=reason, exc_info=exc)
+        self._unsaved = reason
 
     def _failed(self, callback: str, reason: str, exc: BaseException | None = None) -> None:
         self.failures.append(trio.current_time())
@@ -201,7 +256,7 @@ class StrategyRunner:
 
     async def _disable(self) -> None:
         self.state = RunnerState.DISABLED
-        live = await self._engine.cancel_all(self.name)
+        live = await self._engine.desk.cancel_all(self.name)
         self.log.error(
             "strategy.disabled",
             failures=len(self.failures),
@@ -210,14 +265,18 @@ class StrategyRunner:
         )
 
 
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
 class RunnerContext:
     """The `flexbot.strategy.Context` of one strategy."""
 
-    def __init__(self, runner: StrategyRunner, engine: Desk) -> None:
+    def __init__(self, runner: StrategyRunner, engine: Host) -> None:
         self._runner = runner
         self._engine = engine
         self.name = runner.name
-        self.log = runner.log
+        self.log: Logger = runner.log
 
     @property
     def now(self) -> datetime:
@@ -241,20 +300,20 @@ class RunnerContext:
     async def place(
         self,
         side: model.Side,
-        power_w: Decimal,
-        price: Decimal,
         window: Window,
         *,
+        power_w: Decimal,
+        price: Decimal,
         expiry: datetime | None = None,
         location: model.Location | None = None,
         baseline: model.MeterReading | None = None,
     ) -> OwnOrder:
-        return await self._engine.place(
+        return await self._engine.desk.place(
             self._runner,
             side,
-            power_w,
-            price,
             window,
+            power_w=power_w,
+            price=price,
             expiry=expiry,
             location=location,
             baseline=baseline,
@@ -262,7 +321,7 @@ class RunnerContext:
 
     async def cancel(self, order: OwnOrder | str) -> OwnOrder:
         client_id = order if isinstance(order, str) else order.client_id
-        return await self._engine.cancel(client_id, strategy=self.name)
+        return await self._engine.desk.cancel(client_id, strategy=self.name)
 
     async def cancel_all(self) -> int:
-        return await self._engine.cancel_all(self.name)
+        return await self._engine.desk.cancel_all(self.name)

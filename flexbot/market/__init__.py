@@ -1,7 +1,8 @@
 """flexbot's connection to the GLocalFlex market: tokens, REST, WebSocket streams.
 
 It knows nothing of strategies. Its public face is these names; the modules behind them each have
-one job (`auth`, `rest`, `streams`, `feed`, `buffers`, `errors`, `session`).
+one job (`auth`, `rest`, `streams`, `feed`, `errors`, `session`); its buffers are
+`flexbot.buffers`, shared with the engine.
 """
 
 from flexbot.market.auth import AuthFailed, Credentials, Secret, TokenManager

@@ -11,6 +11,9 @@
   on. If the reader falls far behind, the server cuts the link, and reconciliation (below) restores
   the truth on reconnect: nothing is lost either way.
 
+The book and ticker buffers are `flexbot.buffers`' one implementation, which each strategy's inbox
+uses too; the metrics and alarms read their sizes and drops (`flexbot_backlog_*`, `backlog_full`).
+
 Reconciliation is the snapshot-then-updates pattern of exchange order channels: after every
 (re)connect of `/trade`, and every `poll_interval_s` while `/trade` is down or silent for longer
 than `trade_silence_s`, the state of every order the caller tracks as open (`OrderSource`) is
@@ -33,8 +36,8 @@ import trio
 from attrs import frozen
 
 from flexbot import logs, model, rules, wire
+from flexbot.buffers import Conflator, DropOldest
 from flexbot.market.auth import TokenManager
-from flexbot.market.buffers import Conflator, DropOldest
 from flexbot.market.errors import MarketError, NotFound
 from flexbot.market.rest import MarketClient
 from flexbot.market.streams import Endpoint, StreamConsumer, StreamSettings, decode_frame

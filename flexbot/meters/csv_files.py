@@ -6,6 +6,10 @@ read from where the last poll stopped, only up to its last complete line (a row 
 read next time); a file that shrank was replaced and is read again from the start (readings
 already held are kept once: the store keys them by meter and time). A bad row is logged with its
 file and line and skipped; it never stops the source.
+
+A poll (listing, stat, open, read, parse) is file I/O, which may be slow (a network share): each
+runs whole in one worker thread, off the event loop, abandoned if the source is cancelled
+meanwhile (nothing runs the source after that, so the abandoned poll touches nothing in use).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ class CsvMeter:
         return [self.path] if self.path.exists() else []
 
     def poll(self) -> list[Reading]:
-        """Readings from the rows appended since the last poll."""
+        """Readings from the rows appended since the last poll (blocking: see `run`)."""
         out: list[Reading] = []
         for file in self.files():
             out += self._read_new(file)
@@ -96,7 +100,7 @@ class CsvMeter:
 
     async def run(self, emit: Emit) -> None:
         while True:
-            readings = self.poll()
+            readings = await trio.to_thread.run_sync(self.poll, abandon_on_cancel=True)
             if readings:
                 await emit(readings)
             await trio.sleep(self.settings.poll_s)

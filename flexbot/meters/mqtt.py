@@ -12,12 +12,17 @@ socket is readable, `loop_write` when it wants to write and the socket is writab
 about once a second for keepalive). Only the TCP connect, which paho does blocking, runs in a
 worker thread. paho's callbacks are synchronous and run inside those calls, in this task: they
 collect readings, which the task then hands to `emit`.
+
+A cancel ends the source at once, even during a connect to a broker that does not answer (paho
+would wait out its connect timeout): the connecting thread is abandoned, and the client is closed
+by whichever side is last to hold it (`_Connecting`), so no socket outlives the source.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import threading
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -34,6 +39,48 @@ from flexbot.meters.source import Emit, MqttSettings, Reading
 log = logs.get_logger("flexbot.meters.mqtt")
 
 MISC_EVERY_S = 1.0  # how often paho's keepalive bookkeeping (`loop_misc`) runs
+
+
+class _Connecting:
+    """paho's blocking connect, in a worker thread that a cancel may abandon. The client belongs
+    to that thread while it runs: the source's task closes it only if no connect is running, else
+    the thread closes it when its connect returns."""
+
+    def __init__(self, client: paho.Client) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+        self._running = False
+        self._abandoned = False
+
+    async def connect(self) -> None:
+        with self._lock:
+            self._running = True
+        await trio.to_thread.run_sync(self._in_thread, abandon_on_cancel=True)
+
+    def _in_thread(self) -> None:
+        try:
+            self._client.reconnect()
+        finally:
+            with self._lock:
+                self._running = False
+                abandoned = self._abandoned
+            if abandoned:
+                _close(self._client)
+
+    def close(self) -> None:
+        """The source ends: close the client now, or when its running connect returns."""
+        with self._lock:
+            self._abandoned = True
+            running = self._running
+        if not running:
+            _close(self._client)
+
+
+def _close(client: paho.Client) -> None:
+    client.disconnect()  # sends DISCONNECT and closes when the socket takes it at once
+    sock = client.socket()
+    if sock is not None:
+        sock.close()
 
 
 class MqttMeter:
@@ -131,11 +178,12 @@ class MqttMeter:
 
     async def run(self, emit: Emit) -> None:
         client = self._client()
+        connecting = _Connecting(client)
         try:
             while True:
                 self._connected, self._reason = False, ""
                 try:
-                    await trio.to_thread.run_sync(client.reconnect)
+                    await connecting.connect()
                 except OSError as exc:
                     self._reason = str(exc) or type(exc).__name__
                 else:
@@ -150,7 +198,4 @@ class MqttMeter:
                 )
                 await trio.sleep(delay)
         finally:
-            client.disconnect()  # sends DISCONNECT and closes when the socket takes it at once
-            sock = client.socket()
-            if sock is not None:
-                sock.close()
+            connecting.close()

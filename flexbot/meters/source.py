@@ -11,13 +11,14 @@ import math
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import attrs
 from attrs import frozen
 
 from flexbot.meters.builder import Kind
 from flexbot.problems import Invalid, http_url_problem
+from flexbot.validators import at_least
 
 
 @frozen(order=True)
@@ -106,16 +107,17 @@ SOURCE_KINDS: dict[str, type[Any]] = {
 }
 
 SourceSettings = SyntheticSettings | CsvSettings | HttpSettings | MqttSettings
+BaselineMethod = Literal["mean_of_days", "high_x_of_y", "provided"]
 
 
 @frozen
 class BaselineSettings:
     """How a sell order's baseline is made when its strategy gave none (see `baseline`)."""
 
-    method: str = "mean_of_days"  # mean_of_days | high_x_of_y | provided
-    days: int = 10  # mean_of_days: comparable days looked back on
-    x: int = 4  # high_x_of_y: the X highest …
-    y: int = 5  # … of the last Y comparable days
+    method: BaselineMethod = "mean_of_days"
+    days: int = attrs.field(default=10, validator=at_least(1))  # mean_of_days: days looked back on
+    x: int = attrs.field(default=4, validator=at_least(1))  # high_x_of_y: the X highest …
+    y: int = attrs.field(default=5, validator=at_least(1))  # … of the last Y comparable days
     meter: str | None = None  # provided: the meter id of the forecast
 
 

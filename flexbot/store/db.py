@@ -321,6 +321,32 @@ class Store:
                     (name, value, at),
                 )
 
+    # --- strategies' states (`Strategy.save_state`) ---------------------------------------------
+
+    def strategy_state(self, name: str) -> str | None:
+        """The state strategy `name` saved last (JSON text), None if it saved none."""
+        found = self._db.execute(
+            "SELECT state FROM strategy_state WHERE name = ?", (name,)
+        ).fetchone()
+        return None if found is None else str(found[0])
+
+    def save_strategy_state(self, name: str, state: str, at: str, *, durable: bool = False) -> None:
+        """Keep `state` as strategy `name`'s. Not fsynced unless `durable` (see `update`): a
+        strategy's state survives the process being killed, maybe not a power cut."""
+        if not durable:
+            self._db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with transaction(self._db):
+                self._db.execute(
+                    "INSERT INTO strategy_state (name, state, saved_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET state = excluded.state, "
+                    "saved_at = excluded.saved_at",
+                    (name, state, at),
+                )
+        finally:
+            if not durable:
+                self._db.execute("PRAGMA synchronous=FULL")
+
 
 class AsyncStore:
     """`Store` for trio code: each call runs in a worker thread, one at a time.

@@ -65,6 +65,14 @@ MIGRATIONS: Sequence[str] = (
     CREATE INDEX orders_following ON orders (following) WHERE following = 1 AND origin = 'daemon';
     CREATE INDEX orders_operator ON orders (fingerprint) WHERE origin = 'operator';
     """,
+    # What a strategy keeps across restarts (`Strategy.save_state`), by the strategy's name.
+    """
+    CREATE TABLE strategy_state (
+        name     TEXT PRIMARY KEY,     -- the strategy's name: its YAML file's stem
+        state    TEXT NOT NULL,        -- JSON, canonical (keys sorted)
+        saved_at TEXT NOT NULL         -- market time, ISO 8601 UTC
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)  # of this flexbot (tests may patch MIGRATIONS)
 DAEMON = "daemon"
