@@ -71,7 +71,7 @@ def market_settings() -> MarketSettings:
 
 @pytest.fixture
 def server_settings() -> ServerSettings:
-    return ServerSettings(port=0, graceful_timeout_s=0.5)
+    return ServerSettings(port=0, graceful_timeout_s=0.1)
 
 
 @asynccontextmanager

@@ -71,7 +71,7 @@ def with_faults(**faults: Any) -> pytest.MarkDecorator:
 
 @pytest.fixture
 def server_settings() -> ServerSettings:
-    return ServerSettings(port=0, graceful_timeout_s=0.5, ws_ping_interval_s=None)
+    return ServerSettings(port=0, graceful_timeout_s=0.1, ws_ping_interval_s=None)
 
 
 # --- helpers --------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def market_settings() -> MarketSettings:
 
 @pytest.fixture
 def server_settings(tmp_path: Path) -> ServerSettings:
-    return ServerSettings(port=0, tls=True, tls_dir=tmp_path, graceful_timeout_s=0.5)
+    return ServerSettings(port=0, tls=True, tls_dir=tmp_path, graceful_timeout_s=0.1)
 
 
 def _token(base: str, ca: str, user: str) -> str:

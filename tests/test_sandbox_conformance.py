@@ -1317,7 +1317,7 @@ async def test_sandbox_stats_count_what_happened(http: httpx.AsyncClient, sandbo
 class TestOverTls:
     @pytest.fixture
     def server_settings(self, tmp_path: Path) -> ServerSettings:
-        return ServerSettings(port=0, tls=True, tls_dir=tmp_path, graceful_timeout_s=0.5)
+        return ServerSettings(port=0, tls=True, tls_dir=tmp_path, graceful_timeout_s=0.1)
 
     async def test_token_order_and_get_work_over_tls(
         self, http: httpx.AsyncClient, sandbox: Sandbox, tmp_path: Path

@@ -76,7 +76,7 @@ def market_settings(request: pytest.FixtureRequest) -> MarketSettings:
 
 @pytest.fixture
 def server_settings() -> ServerSettings:
-    return ServerSettings(port=0, graceful_timeout_s=0.5, ws_ping_interval_s=None)
+    return ServerSettings(port=0, graceful_timeout_s=0.1, ws_ping_interval_s=None)
 
 
 def with_market(**overrides: Any) -> pytest.MarkDecorator:

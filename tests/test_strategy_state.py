@@ -4,6 +4,7 @@ the strategy trades on."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from collections.abc import Mapping
@@ -52,8 +53,9 @@ async def saved(store: AsyncStore | None, name: str, wanted: Mapping[str, Any]) 
     with trio.fail_after(BOUND_S):
         while True:
             text = await store.run(store.sync.strategy_state, name)
-            if text is not None and states.decode(text) == wanted:
-                return
+            with contextlib.suppress(TypeError, ValueError):  # still the unreadable one
+                if text is not None and states.decode(text) == wanted:
+                    return
             await trio.sleep(0.02)
 
 
