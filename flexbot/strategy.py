@@ -39,7 +39,6 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, ClassVar, Generic, Protocol, TypeAlias, TypeVar
 
-import attrs
 from attrs import frozen
 
 from flexbot import model, rules
@@ -63,6 +62,8 @@ from flexbot.trading import IntentState as IntentState
 from flexbot.trading import OwnOrder as OwnOrder
 from flexbot.trading import Position as Position
 from flexbot.trading import Window as Window
+from flexbot.validators import non_negative as non_negative
+from flexbot.validators import positive as positive
 
 # The version of this API. Bumped on a breaking change (a name removed or renamed, a signature or
 # a meaning changed), not on an addition. Logged with `strategy.started`.
@@ -285,18 +286,6 @@ def _params_argument(cls: type) -> type | None:
 
 
 # --- helpers for strategies ---------------------------------------------------------------------
-
-
-def positive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    """An attrs validator for params: the value must be greater than 0 (located if not)."""
-    if not value > 0:
-        raise Invalid.single((attribute.name,), f"must be greater than 0, got {value}")
-
-
-def non_negative(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    """An attrs validator for params: the value must be 0 or more (located if not)."""
-    if not value >= 0:
-        raise Invalid.single((attribute.name,), f"must not be negative, got {value}")
 
 
 def _same_market(entry: BookEntry, window: Window, country: str) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import attrs
@@ -25,7 +26,21 @@ Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
 
 
 def _finite(value: Any) -> bool:
+    if isinstance(value, Decimal):  # a NaN Decimal raises on comparison: asked, not compared
+        return value.is_finite()
     return bool(-math.inf < value < math.inf)
+
+
+def positive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """A finite number greater than 0 (a power, a price, a count)."""
+    if not (_finite(value) and value > 0):
+        raise Invalid.single((attribute.name,), f"must be greater than 0, got {value}")
+
+
+def non_negative(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """A finite number, 0 or more."""
+    if not (_finite(value) and value >= 0):
+        raise Invalid.single((attribute.name,), f"must be 0 or more, got {value}")
 
 
 def at_least(minimum: int | float) -> Validator:

@@ -101,7 +101,7 @@ def test_the_validators_say_where_a_param_is_wrong() -> None:
     Limits(Decimal("0.1"))
     with pytest.raises(Invalid, match=r"\$\.price: must be greater than 0"):
         Limits(Decimal(0))
-    with pytest.raises(Invalid, match=r"\$\.floor: must not be negative"):
+    with pytest.raises(Invalid, match=r"\$\.floor: must be 0 or more"):
         Limits(Decimal(1), Decimal(-1))
 
 

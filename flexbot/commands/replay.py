@@ -18,7 +18,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser = sub.add_parser(
         "replay", help="run a strategy over a recording of market events (a backtest)"
     )
-    parser.add_argument("recording", type=Path, help="a JSONL recording (engine.record)")
+    parser.add_argument(
+        "recording",
+        type=Path,
+        help="a recording (engine.record), plain JSONL or a rotated .jsonl.gz",
+    )
     parser.add_argument("--strategy", type=Path, required=True, help="a strategy's YAML file")
     parser.add_argument(
         "--code-dir",

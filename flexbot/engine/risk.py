@@ -17,11 +17,9 @@ and fills, no accepted intent takes an exposure past a limit.
 from __future__ import annotations
 
 import enum
-import math
 from collections import deque
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any
 
 import attrs
 from attrs import frozen
@@ -29,6 +27,7 @@ from attrs import frozen
 from flexbot import model
 from flexbot.problems import Invalid
 from flexbot.trading import Position
+from flexbot.validators import non_negative, positive
 
 
 class TradingState(enum.StrEnum):
@@ -37,23 +36,8 @@ class TradingState(enum.StrEnum):
     HALTED = "halted"
 
 
-def _positive_or_none(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is None:
-        return
-    if isinstance(value, Decimal):
-        ok = value.is_finite() and value > 0
-    else:
-        ok = value > 0 and math.isfinite(value)
-    if not ok:
-        raise Invalid.single((attribute.name,), f"must be greater than 0, got {value}")
-
-
-def _non_negative_or_none(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None and not (math.isfinite(value) and value >= 0):
-        raise Invalid.single((attribute.name,), f"must be 0 or more, got {value}")
-
-
-_positive = attrs.field(default=None, validator=_positive_or_none)
+_positive = attrs.field(default=None, validator=attrs.validators.optional(positive))
+_non_negative = attrs.field(default=None, validator=attrs.validators.optional(non_negative))
 
 
 @frozen
@@ -61,8 +45,8 @@ class RiskLimits:
     """One scope's limits (global, or one strategy). Units in the names: W, €/kWh, orders."""
 
     state: TradingState = TradingState.ACTIVE
-    min_price: Decimal | None = attrs.field(default=None, validator=_non_negative_or_none)
-    max_price: Decimal | None = attrs.field(default=None, validator=_non_negative_or_none)
+    min_price: Decimal | None = _non_negative
+    max_price: Decimal | None = _non_negative
     max_order_power_w: Decimal | None = _positive
     max_window_power_w: Decimal | None = _positive  # committed in one delivery window
     max_country_window_power_w: Decimal | None = _positive  # committed in one window, one country

@@ -7,7 +7,6 @@ retry, never by ending.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -17,8 +16,8 @@ import attrs
 from attrs import frozen
 
 from flexbot.meters.builder import Kind
-from flexbot.problems import Invalid, http_url_problem
-from flexbot.validators import at_least
+from flexbot.problems import Invalid
+from flexbot.validators import at_least, http_url, seconds
 
 
 @frozen(order=True)
@@ -41,17 +40,6 @@ def store_time(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if not (math.isfinite(value) and value > 0):
-        raise Invalid.single((attribute.name,), f"must be greater than 0, got {value}")
-
-
-def _http_url(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    problem = http_url_problem(value)
-    if problem is not None:
-        raise Invalid.single((attribute.name,), problem)
-
-
 @frozen
 class SyntheticSettings:
     """A seeded site load: a daily wave plus noise, less the flexibility sold for the moment
@@ -61,7 +49,7 @@ class SyntheticSettings:
     base_w: Decimal = Decimal(10000)
     amplitude_w: Decimal = Decimal(2000)
     noise_w: Decimal = Decimal(200)
-    interval_s: float = attrs.field(default=60.0, validator=_positive)  # market seconds
+    interval_s: float = attrs.field(default=60.0, validator=seconds())  # market seconds
     respond: bool = True  # reduce the load by the power sold for the current window
     history_days: int = 0  # at start, also produce this many days of past readings (baselines)
 
@@ -73,7 +61,7 @@ class CsvSettings:
     meters are skipped)."""
 
     path: str
-    poll_s: float = attrs.field(default=5.0, validator=_positive)
+    poll_s: float = attrs.field(default=5.0, validator=seconds())
 
 
 @frozen
@@ -81,9 +69,9 @@ class HttpSettings:
     """A JSON endpoint answering a list of `{timestamp, value[, meter_id]}` (or `{"readings":
     [...]}`), polled every `interval_s`."""
 
-    url: str = attrs.field(validator=_http_url)
-    interval_s: float = attrs.field(default=30.0, validator=_positive)
-    timeout_s: float = attrs.field(default=5.0, validator=_positive)
+    url: str = attrs.field(validator=http_url)
+    interval_s: float = attrs.field(default=30.0, validator=seconds())
+    timeout_s: float = attrs.field(default=5.0, validator=seconds())
 
 
 @frozen
