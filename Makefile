@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast broker lint typecheck format sandbox ci clean bench chaos
+.PHONY: demo test test-fast broker lint typecheck format sandbox ci clean bench chaos fuzz
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,9 @@ broker:  ## install the MQTT broker the tests use (mosquitto), if missing
 
 bench: $(STAMP)  ## every benchmark with its baseline (ARGS="--quick" for a smoke run)
 	$(BIN)/python bench/run_all.py $(ARGS)
+
+fuzz: $(STAMP)  ## the fuzz searches at full size (FLEXBOT_FUZZ_SCALE=10 for a long search)
+	FLEXBOT_FUZZ_SCALE=$(or $(FLEXBOT_FUZZ_SCALE),1) $(BIN)/python -m pytest -q tests/test_fuzz.py
 
 chaos: $(STAMP)  ## the long chaos run: 15 minutes of faults and SIGKILLs (ARGS to change)
 	$(BIN)/python -m bench.chaos $(or $(ARGS),--duration 900 --kills 20)

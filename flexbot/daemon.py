@@ -295,7 +295,7 @@ async def _assemble(
         store=store,
         client=market.client,
         clock=clock,
-        meters={m.location_id: m for m in loaded.meters},
+        meters=loaded.meters,
     )
     engine = Engine(
         cfg.engine,

@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Mapping
-from datetime import date, datetime, timedelta
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import trio
@@ -46,9 +46,9 @@ from flexbot.buffers import BoundedSet
 from flexbot.clock import Clock
 from flexbot.engine.orders import Change, Intent, OrderTracker
 from flexbot.market import Conflict, MarketClient, MarketError, NotFound, Rejected
-from flexbot.meters import baseline as baselines
-from flexbot.meters.builder import Quarter, Sample, energy_curve, meter_reading, quarters
-from flexbot.meters.source import MeterSettings, store_time
+from flexbot.meters.builder import meter_reading
+from flexbot.meters.pool import MeterBaselineUnavailable, Meters, Pool
+from flexbot.meters.source import MeterSettings
 from flexbot.store import AsyncStore, OutboxRow, Store
 from flexbot.validators import at_least, sane_backoff, seconds
 
@@ -87,7 +87,7 @@ class Verifier:
         store: AsyncStore,
         client: MarketClient,
         clock: Clock,
-        meters: Mapping[str, MeterSettings],  # by location id
+        meters: Sequence[MeterSettings],
         wall: Callable[[], float] = time.time,  # outbox times outlive the process: wall clock
         rng: random.Random | None = None,
     ) -> None:
@@ -96,7 +96,7 @@ class Verifier:
         self._store = store
         self._client = client
         self._clock = clock
-        self._meters = meters
+        self._meters = Meters(meters, store, max_gap_s=settings.max_gap_s)
         self._wall = wall
         self._rng = rng or random.Random()
         capacity = settings.memory_capacity
@@ -155,14 +155,14 @@ class Verifier:
     async def _baseline(self, intent: Intent, order_id: str, now: datetime) -> int:
         if (order_id, BASELINE) in self.enqueued:
             return 0
-        meter = self._meter_of(intent, order_id)
-        if meter is None:
+        pool = self._pool_of(intent, order_id)
+        if pool is None:
             return 0
         start, end = intent.request.delivery_start, intent.request.delivery_end
         try:
-            points = await self._baseline_points(meter, start, end)
-        except baselines.BaselineUnavailable as exc:
-            self._warn_once(order_id, "baseline.unavailable", meter=meter.id, reason=str(exc))
+            points = await self._meters.baseline(pool, start, end)
+        except MeterBaselineUnavailable as exc:
+            self._warn_once(order_id, "baseline.unavailable", meter=exc.meter, reason=exc.reason)
             return 0
         reading = meter_reading(points, start, end, created_at=now)
         return await self._enqueue(order_id, BASELINE, reading)
@@ -173,10 +173,11 @@ class Verifier:
         end = intent.request.delivery_end
         if now < end + timedelta(seconds=self.settings.settle_delay_s):
             return 0
-        meter = self._meter_of(intent, order_id)
-        if meter is None:
+        pool = self._pool_of(intent, order_id)
+        if pool is None:
             return 0
-        points = await self._quarters(meter, intent.request.delivery_start, end)
+        start = intent.request.delivery_start
+        points, flagged_meters = await self._meters.metering(pool, start, end)
         flagged = [q for q in points if q.flagged]
         if flagged:
             if now < end + timedelta(seconds=self.settings.max_wait_s):
@@ -184,63 +185,21 @@ class Verifier:
             log.warning(
                 "metering.incomplete",
                 order_id=order_id,
-                meter=meter.id,
+                meter=flagged_meters[0],
+                meters=flagged_meters,
                 flagged=[wire.format_datetime(q.end) for q in flagged],
             )
-        reading = meter_reading(points, intent.request.delivery_start, end, created_at=now)
+        reading = meter_reading(points, start, end, created_at=now)
         return await self._enqueue(order_id, METERING, reading)
 
-    def _meter_of(self, intent: Intent, order_id: str) -> MeterSettings | None:
-        for location_id in intent.request.location.location_id:
-            if location_id is not None and location_id in self._meters:
-                return self._meters[location_id]
-        ids = list(intent.request.location.location_id)
-        self._warn_once(order_id, "meter.missing", location_id=ids)
-        return None
-
-    async def _quarters(
-        self, meter: MeterSettings, start: datetime, end: datetime
-    ) -> list[Quarter]:
-        rows = await self._store.run(
-            self._store.sync.readings, meter.id, store_time(start), store_time(end)
-        )
-        samples = [Sample(wire.parse_datetime(at), Decimal(value)) for at, value in rows]
-        curve = energy_curve(samples, meter.kind)
-        return quarters(curve, start, end, max_gap_s=self.settings.max_gap_s)
-
-    async def _baseline_points(
-        self, meter: MeterSettings, start: datetime, end: datetime
-    ) -> list[Quarter]:
-        method = meter.baseline
-        if method.method == "provided":
-            source = self._meter_by_id(method.meter)
-            points = await self._quarters(source or meter, start, end)
-            if any(q.flagged for q in points):
-                raise baselines.BaselineUnavailable(
-                    "provided: the forecast does not cover the window"
-                )
-            return points
-        look_back = method.days if method.method == "mean_of_days" else method.y
-        history: dict[date, list[Decimal]] = {}
-        for day in baselines.candidate_days(start.date(), look_back):
-            shift = start.date() - day
-            past = await self._quarters(meter, start - shift, end - shift)
-            if not any(q.flagged for q in past):
-                history[day] = [q.energy_kwh for q in past]
-                if len(history) >= look_back:
-                    break  # newest first: the rest would not be used
-        if method.method == "mean_of_days":
-            energies = baselines.mean_of_days(history, start.date(), method.days)
-        else:
-            energies = baselines.high_x_of_y(history, start.date(), method.x, method.y)
-        template = await self._quarters(meter, start, end)
-        return [
-            Quarter(end=q.end, energy_kwh=energy)
-            for q, energy in zip(template, energies, strict=True)
-        ]
-
-    def _meter_by_id(self, meter_id: str | None) -> MeterSettings | None:
-        return next((m for m in self._meters.values() if m.id == meter_id), None)
+    def _pool_of(self, intent: Intent, order_id: str) -> Pool | None:
+        """The meters of every site the order names; None (logged once) if a site has none."""
+        pool = self._meters.pool(intent.request.location.location_id)
+        if pool.missing or not pool.meters:
+            ids = list(pool.missing) or [i for i in intent.request.location.location_id if i]
+            self._warn_once(order_id, "meter.missing", location_id=ids)
+            return None
+        return pool
 
     async def _enqueue(self, order_id: str, kind: str, reading: model.MeterReading) -> int:
         body = wire.dumps(reading).decode()

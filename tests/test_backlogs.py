@@ -225,7 +225,7 @@ def test_the_verifier_reads_the_keys_of_tracked_orders_only_and_lets_go_with_the
             store=AsyncStore(store),
             client=cast(MarketClient, None),  # nothing is due: nothing is sent
             clock=SimpleNamespace(now=lambda: NOW),
-            meters={},
+            meters=[],
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(verifier.run)

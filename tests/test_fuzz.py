@@ -20,6 +20,7 @@ The minimal explicit tests at the end pin the crashes these searches found in fl
 from __future__ import annotations
 
 import gzip
+import os
 import re
 import shutil
 import zlib
@@ -67,6 +68,15 @@ HEALTH = [
     HealthCheck.filter_too_much,
     HealthCheck.function_scoped_fixture,
 ]
+
+
+# `make test` runs half of the REST and config searches (derandomized: the same examples each
+# run); `make fuzz` runs them whole, and FLEXBOT_FUZZ_SCALE=10 ten times over, for a long search.
+FUZZ_SCALE = float(os.environ.get("FLEXBOT_FUZZ_SCALE", "0.5"))
+
+
+def scaled(examples: int) -> int:
+    return max(1, round(examples * FUZZ_SCALE))
 
 
 def fuzz_settings(examples: int) -> settings:
@@ -333,7 +343,7 @@ def json_mutations(draw: st.DrawFn, seed: bytes, data: Any) -> tuple[str, bytes]
 
 # --- 1. WebSocket frames through the feed's sinks -----------------------------------------------
 
-WS_BATCHES = 1_000
+WS_BATCHES = 1_000  # ten thousand frames at least, always
 MUTANTS_PER_MESSAGE = 10  # each batch: one generated message and ten mutations of it
 TRACKED = "o-tracked"  # an order the feed's OrderSource tracks as open
 GARBAGE, UNKNOWN = "<garbage>", "<unknown type>"
@@ -538,7 +548,7 @@ def test_websocket_frames_never_crash_and_each_bad_one_is_counted_once() -> None
 
 # --- 2. REST responses through MarketClient ----------------------------------------------------
 
-REST_EXAMPLES = 2_000
+REST_EXAMPLES = scaled(2_000)
 START = datetime(2026, 11, 23, 11, 0, tzinfo=UTC)
 ORDER_REQUEST = model.OrderRequest(
     side=model.Side.SELL,
@@ -816,7 +826,7 @@ def test_rest_responses_give_a_result_or_a_market_error() -> None:
 
 # --- 3. Config files through config.load ---------------------------------------------------------
 
-CONFIG_EXAMPLES = 2_000
+CONFIG_EXAMPLES = scaled(2_000)
 ENVIRON = {"FLEXBOT_PASSWORD": "x"}
 MAIN = "flexbot.yaml"
 STRATEGY_FILES = ("buyer.yaml", "seller.yaml", "spread.yaml")

@@ -96,7 +96,7 @@ async def verifying(
             store=h.store,
             client=h.market.client,
             clock=clock,
-            meters={METER.location_id: METER},
+            meters=[METER],
         )
         h.engine.observers.append(verifier.observe)
         async with trio.open_nursery() as nursery:

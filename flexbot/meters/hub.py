@@ -59,11 +59,14 @@ class MeterHub:
     def source_for(self, meter: MeterSettings) -> MeterSource:
         settings = meter.source
         if isinstance(settings, SyntheticSettings):
+            # A site's responding synthetic meters share what it delivers: summed, the site
+            # lowers its load by what was sold, not by that times its meters.
+            share = Decimal(self._responders(meter.location_id))
             return SyntheticMeter(
                 meter.id,
                 settings,
                 self._clock,
-                delivering_w=lambda at: self._delivering(meter.location_id, at),
+                delivering_w=lambda at: self._delivering(meter.location_id, at) / share,
             )
         if isinstance(settings, CsvSettings):
             return CsvMeter(meter.id, settings, self._base)
@@ -73,6 +76,18 @@ class MeterHub:
         from flexbot.meters.mqtt import MqttMeter  # paho is loaded only when a meter needs it
 
         return MqttMeter(meter.id, settings, password=self._secrets.get(meter.id))
+
+    def _responders(self, site: str) -> int:
+        return (
+            sum(
+                1
+                for m in self.meters
+                if m.location_id == site
+                and isinstance(m.source, SyntheticSettings)
+                and m.source.respond
+            )
+            or 1
+        )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
