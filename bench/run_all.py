@@ -27,6 +27,7 @@ BENCHES: list[tuple[str, list[str], list[str]]] = [
     ("ingest", ["--soak"], ["--soak", "--soak-messages", "100000", "--sample-every", "10000"]),
     ("latency", [], ["--events", "500"]),
     ("outbox", [], ["--orders", "50"]),
+    ("store_size", [], ["--meters", "5", "--days", "2"]),
     ("fanout", [], ["--clients", "20", "--updates", "50"]),
 ]
 

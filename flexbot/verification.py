@@ -38,7 +38,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 import trio
-from attrs import field, frozen
+from attrs import Attribute, field, frozen
 
 from flexbot import logs, model, wire
 from flexbot.backoff import Backoff
@@ -46,9 +46,11 @@ from flexbot.buffers import BoundedSet
 from flexbot.clock import Clock
 from flexbot.engine.orders import Change, Intent, OrderTracker
 from flexbot.market import Conflict, MarketClient, MarketError, NotFound, Rejected
+from flexbot.meters import retention
 from flexbot.meters.builder import meter_reading
 from flexbot.meters.pool import MeterBaselineUnavailable, Meters, Pool
 from flexbot.meters.source import MeterSettings
+from flexbot.problems import Invalid
 from flexbot.store import AsyncStore, OutboxRow, Store
 from flexbot.validators import at_least, sane_backoff, seconds
 
@@ -76,6 +78,19 @@ class VerificationSettings:
     backoff: Backoff = field(default=Backoff(base_s=1.0, cap_s=60.0), validator=sane_backoff)
     # Keys per memory (outbox keys held, lines logged once).
     memory_capacity: int = field(default=65_536, validator=at_least(1))
+    # Market seconds a raw reading is kept before its quarter hour is rolled up and it is let go
+    # (flexbot.meters.retention): late readings are awaited this long at most.
+    raw_kept_s: float = field(default=2 * 86_400.0, validator=seconds())
+    # Wall seconds between roll-ups.
+    rollup_interval_s: float = field(default=3_600.0, validator=seconds())
+
+    @raw_kept_s.validator
+    def _outlives_the_wait(self, attribute: Attribute[float], value: float) -> None:
+        # Metering waits up to max_wait_s for late readings: they must still be raw then.
+        if value < self.max_wait_s:
+            raise Invalid.single(
+                (attribute.name,), f"must be at least max_wait_s ({self.max_wait_s}), got {value}"
+            )
 
 
 class Verifier:
@@ -116,7 +131,23 @@ class Verifier:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._scan_loop)
             nursery.start_soon(self._send_loop)
+            nursery.start_soon(self._retention_loop)
             task_status.started()
+
+    async def _retention_loop(self) -> None:
+        """Roll up what no late reading may change any more, and let the raw readings go."""
+        raw_kept = timedelta(seconds=self.settings.raw_kept_s)
+        while True:
+            rolled = await retention.roll_up(self._meters, self._clock.now(), raw_kept)
+            if rolled.meters:
+                log.info(
+                    "meters.rolled_up",
+                    meters=rolled.meters,
+                    quarters=rolled.quarters,
+                    raw_deleted=rolled.raw_deleted,
+                    quarters_deleted=rolled.quarters_deleted,
+                )
+            await trio.sleep(self.settings.rollup_interval_s)
 
     # --- deciding what to submit ----------------------------------------------------------------
 

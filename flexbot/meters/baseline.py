@@ -28,13 +28,17 @@ def comparable(day: date, target: date) -> bool:
     return (day.weekday() >= 5) == (target.weekday() >= 5)
 
 
+def horizon_days(look_back: int) -> int:
+    """How far back a method looking back over `look_back` comparable days may reach."""
+    return look_back * 7 + 14
+
+
 def candidate_days(target: date, look_back: int) -> list[date]:
     """Earlier days of the target's kind, newest first, over a horizon long enough to find
     `look_back` of them twice over (weekend days come two a week): a day without complete data is
     skipped and an older one taken, as demand-response programmes do, but never from further back
     than the horizon."""
-    horizon = look_back * 7 + 14
-    days = [target - timedelta(days=k) for k in range(1, horizon + 1)]
+    days = [target - timedelta(days=k) for k in range(1, horizon_days(look_back) + 1)]
     return [d for d in days if comparable(d, target)]
 
 

@@ -28,9 +28,9 @@ from attrs import frozen
 
 from flexbot import wire
 from flexbot.meters import baseline as baselines
-from flexbot.meters.builder import Quarter, Sample, energy_curve, quarters
+from flexbot.meters.builder import QUARTER, Quarter, Sample, energy_curve, quarters
 from flexbot.meters.source import MeterSettings, store_time
-from flexbot.store import AsyncStore
+from flexbot.store import AsyncStore, Store
 
 
 @frozen
@@ -80,8 +80,8 @@ class Meters:
         self.by_site: defaultdict[str, list[MeterSettings]] = defaultdict(list)
         for meter in self.by_id.values():
             self.by_site[meter.location_id].append(meter)
-        self._store = store
-        self._max_gap_s = max_gap_s
+        self.store = store
+        self.max_gap_s = max_gap_s
 
     def pool(self, sites: Iterable[str | None]) -> Pool:
         """Every meter of the named sites, each once, in the order named."""
@@ -109,13 +109,18 @@ class Meters:
         return summed(per_meter)
 
     async def quarters(self, meter: MeterSettings, start: datetime, end: datetime) -> list[Quarter]:
-        """One meter's quarters of `[start, end)`, from its stored readings."""
-        rows = await self._store.run(
-            self._store.sync.readings, meter.id, store_time(start), store_time(end)
+        """One meter's quarters of `[start, end)` (`quarters_in`), read in one store call: a
+        roll-up never runs half-way through it."""
+        return await self.store.run(
+            quarters_in, self.store.sync, meter, start, end, max_gap_s=self.max_gap_s
         )
-        samples = [Sample(wire.parse_datetime(at), Decimal(value)) for at, value in rows]
-        curve = energy_curve(samples, meter.kind)
-        return quarters(curve, start, end, max_gap_s=self._max_gap_s)
+
+    def horizon_days(self, meter: MeterSettings) -> int:
+        """How many days of quarters the meter's baseline method may read."""
+        method = meter.baseline
+        if method.method == "provided":
+            return 1  # a forecast's readings for the window itself
+        return baselines.horizon_days(method.days if method.method == "mean_of_days" else method.y)
 
     async def _baseline_of(
         self, meter: MeterSettings, start: datetime, end: datetime
@@ -147,6 +152,39 @@ class Meters:
             Quarter(end=q.end, energy_kwh=energy)
             for q, energy in zip(template, energies, strict=True)
         ]
+
+
+def quarters_in(
+    store: Store, meter: MeterSettings, start: datetime, end: datetime, *, max_gap_s: float
+) -> list[Quarter]:
+    """One meter's quarters of `[start, end)`: those rolled up in the store (`retention.py`: the
+    same figures, kept once the raw readings are let go), the rest from its raw readings. A
+    quarter older than what is kept is flagged, with no energy."""
+    rolled_until = store.rolled_until(meter.id)
+    if rolled_until is None or store_time(start) >= rolled_until:
+        return from_readings(store, meter, start, end, max_gap_s=max_gap_s)
+    split = min(wire.parse_datetime(rolled_until), end)
+    kept = {
+        wire.parse_datetime(e): Quarter(wire.parse_datetime(e), Decimal(kwh), flagged)
+        for e, kwh, flagged in store.rolled_quarters(meter.id, store_time(start), store_time(split))
+    }
+    out = []
+    at = start
+    while at < split:
+        at += QUARTER
+        out.append(kept.get(at) or Quarter(at, Decimal(0), flagged=True))
+    if split < end:
+        out += from_readings(store, meter, split, end, max_gap_s=max_gap_s)
+    return out
+
+
+def from_readings(
+    store: Store, meter: MeterSettings, start: datetime, end: datetime, *, max_gap_s: float
+) -> list[Quarter]:
+    """One meter's quarters of `[start, end)`, from its raw readings."""
+    rows = store.readings(meter.id, store_time(start), store_time(end))
+    samples = [Sample(wire.parse_datetime(at), Decimal(value)) for at, value in rows]
+    return quarters(energy_curve(samples, meter.kind), start, end, max_gap_s=max_gap_s)
 
 
 def _any_flag(points: Sequence[Quarter]) -> bool:

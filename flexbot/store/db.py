@@ -245,6 +245,58 @@ class Store:
         ).fetchone()
         return None if found is None or found[0] is None else str(found[0])
 
+    def first_reading_at(self, meter_id: str) -> str | None:
+        found = self._db.execute(
+            "SELECT min(at) FROM readings WHERE meter_id = ?", (meter_id,)
+        ).fetchone()
+        return None if found is None or found[0] is None else str(found[0])
+
+    # --- quarter hours rolled up from readings --------------------------------------------------
+
+    def rolled_until(self, meter_id: str) -> str | None:
+        """The end of the meter's newest rolled-up quarter (None: none is)."""
+        found = self._db.execute(
+            "SELECT max(end_at) FROM quarter_energy WHERE meter_id = ?", (meter_id,)
+        ).fetchone()
+        return None if found is None or found[0] is None else str(found[0])
+
+    def rolled_quarters(self, meter_id: str, after: str, until: str) -> list[tuple[str, str, bool]]:
+        """(end, kWh, flagged) of the rolled-up quarters ending in (after, until], in order."""
+        rows = self._db.execute(
+            "SELECT end_at, energy_kwh, flagged FROM quarter_energy "
+            "WHERE meter_id = ? AND end_at > ? AND end_at <= ? ORDER BY end_at",
+            (meter_id, after, until),
+        ).fetchall()
+        return [(str(end), str(kwh), bool(flagged)) for end, kwh, flagged in rows]
+
+    def roll_up(
+        self,
+        meter_id: str,
+        quarters: Sequence[tuple[str, str, bool]],
+        *,
+        raw_from: str,
+        quarters_from: str,
+    ) -> tuple[int, int]:
+        """In one transaction: keep `quarters` (end, kWh, flagged), let go of the raw readings
+        before `raw_from` but the newest of them (the quarters after it interpolate from it), and
+        of the quarters ending before `quarters_from`. Returns (raw, quarters) rows deleted."""
+        with transaction(self._db):
+            self._db.executemany(
+                "INSERT OR REPLACE INTO quarter_energy (meter_id, end_at, energy_kwh, flagged) "
+                "VALUES (?, ?, ?, ?)",
+                [(meter_id, end, kwh, int(flagged)) for end, kwh, flagged in quarters],
+            )
+            raw = self._db.execute(
+                "DELETE FROM readings WHERE meter_id = ? AND at < ("
+                "SELECT max(at) FROM readings WHERE meter_id = ? AND at < ?)",
+                (meter_id, meter_id, raw_from),
+            ).rowcount
+            old = self._db.execute(
+                "DELETE FROM quarter_energy WHERE meter_id = ? AND end_at < ?",
+                (meter_id, quarters_from),
+            ).rowcount
+        return raw, old
+
     # --- the verification outbox ----------------------------------------------------------------
 
     def enqueue(self, order_id: str, kind: str, body: str, now: float) -> bool:

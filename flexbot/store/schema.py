@@ -73,6 +73,17 @@ MIGRATIONS: Sequence[str] = (
         saved_at TEXT NOT NULL         -- market time, ISO 8601 UTC
     );
     """,
+    # A meter's quarter hours, rolled up from its raw readings once no late reading may still
+    # change them (see flexbot.meters.retention); the raw readings are then let go.
+    """
+    CREATE TABLE quarter_energy (
+        meter_id   TEXT NOT NULL,
+        end_at     TEXT NOT NULL,     -- the quarter's end, as readings' `at` (sorts as time)
+        energy_kwh TEXT NOT NULL,     -- a Decimal
+        flagged    INTEGER NOT NULL,  -- 1: extrapolated, or across a long gap
+        PRIMARY KEY (meter_id, end_at)
+    ) WITHOUT ROWID;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)  # of this flexbot (tests may patch MIGRATIONS)
 DAEMON = "daemon"
