@@ -151,6 +151,11 @@ class Context(Protocol):
         """Market time (UTC)."""
 
     @property
+    def location(self) -> Location:
+        """The strategy file's location: where its orders are placed unless `place` says
+        otherwise, and the country whose book entries they can meet."""
+
+    @property
     def book(self) -> OrderBook | None:
         """The newest order book, None while unknown (before the first, or after a drop)."""
 

@@ -4,10 +4,15 @@ For each of the next `windows_ahead` windows (the first at least `lead_s` ahead)
 starting in `hours_utc` when given, buy up to `power_w` in total. On each order book it takes the
 cheapest offers priced at or below `limit_price` that fit in what is still needed (sells are
 all-or-nothing, so an offer is taken whole or not at all), paying the offer's own price.
+
+Only offers its bids can meet: those of its own location's country (or of `country`, when given).
+An offer it has a live bid for (the same window, price and power) is not bid for again: a book
+that still shows an offer just taken, or one its bid could not meet, costs no second bid.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from decimal import Decimal
 
 import attrs
@@ -32,7 +37,7 @@ class BuyerParams:
     windows_ahead: int = 4
     lead_s: int = 900
     hours_utc: tuple[int, ...] = ()  # only windows starting in these hours; () for all
-    country: str = ""  # only offers from this country ("" for any)
+    country: str = ""  # only offers from this country ("": its location's country)
 
 
 class FlexBuyer(Strategy[BuyerParams]):
@@ -50,14 +55,24 @@ class FlexBuyer(Strategy[BuyerParams]):
 
     async def on_book(self, ctx: Context, book: OrderBook) -> None:
         p = self.params
+        country = p.country or ctx.location.country_code
         for window in self.windows(ctx):
             if window in self._refused:
                 continue
             position = ctx.position(window)
             need = p.power_w - position.bought_w - position.open_buy_w
-            for ask in asks_in(book, window, p.country):
+            # The offers its live bids are for, one bid claiming one offer of its price and power.
+            claimed = Counter(
+                (o.request.price, o.request.power)
+                for o in ctx.orders
+                if o.request.side == Side.BUY and o.window == window
+            )
+            for ask in asks_in(book, window, country):
                 if ask.price > p.limit_price:
                     break  # best first: none further is cheap enough
+                if claimed[ask.price, ask.power] > 0:
+                    claimed[ask.price, ask.power] -= 1
+                    continue
                 if ask.power > need:
                     continue
                 placed = await ctx.place(Side.BUY, window, power_w=ask.power, price=ask.price)

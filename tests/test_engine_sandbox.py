@@ -93,6 +93,36 @@ async def test_the_buyer_takes_an_offer_at_or_below_its_limit(sandbox: Sandbox) 
         ]
 
 
+async def test_the_buyer_bids_once_and_only_for_offers_of_its_own_country(
+    sandbox: Sandbox,
+) -> None:
+    """An offer from another country cannot meet the buyer's bids (its location is in DE, its
+    `country` param left empty): it is not bid for. An offer it has a live bid for is not bid for
+    again, however many books show it."""
+    params = buyer.BuyerParams(limit_price=Decimal("0.30"), power_w=Decimal(4000), lead_s=0)
+    async with (
+        trader(sandbox) as bob,
+        running_engine(sandbox, [spec(buyer.FlexBuyer, params)]) as h,
+    ):
+        window = bob.window(1)
+        france = model.Location(location_id=("paris-1",), country_code="FR")
+        await bob.place(model.Side.SELL, 500, 0.20, window, location=france)
+        german = await bob.place(model.Side.SELL, 500, 0.25, window)
+        await until(lambda: h.tracker.position(window).bought_w == 500)
+        # More books, each read by the buyer: offers in another window change the book.
+        runner = h.engine.runners["flexbuyer"]
+        for _ in range(3):
+            seen = runner.callbacks
+            await bob.place(model.Side.SELL, 9000, 0.90, bob.window(2))
+            await until(lambda: runner.callbacks > seen)  # noqa: B023 - awaited in the loop
+        mine = [i for i in h.tracker if i.strategy == "flexbuyer"]
+        assert [(i.request.power, i.request.price, i.state) for i in mine] == [
+            (Decimal(500), Decimal("0.25"), IntentState.DONE)
+        ]
+        filled = await bob.client.get_order(german.order_id)
+        assert filled.status == model.OrderStatus.FILLED
+
+
 async def test_the_seller_offers_its_capacity_and_reprices_down_to_a_bid(sandbox: Sandbox) -> None:
     params = seller.SellerParams(
         floor_price=Decimal("0.15"),

@@ -283,6 +283,10 @@ class RunnerContext:
         return self._engine.clock.now()
 
     @property
+    def location(self) -> model.Location:
+        return self._runner.spec.location
+
+    @property
     def book(self) -> model.OrderBook | None:
         return self._engine.view.book
 
