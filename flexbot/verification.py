@@ -138,6 +138,8 @@ class Verifier:
         """Roll up what no late reading may change any more, and let the raw readings go."""
         raw_kept = timedelta(seconds=self.settings.raw_kept_s)
         while True:
+            # Not at once: at a start, the meter sources catch up first.
+            await trio.sleep(self.settings.rollup_interval_s)
             rolled = await retention.roll_up(self._meters, self._clock.now(), raw_kept)
             if rolled.meters:
                 log.info(
@@ -147,7 +149,6 @@ class Verifier:
                     raw_deleted=rolled.raw_deleted,
                     quarters_deleted=rolled.quarters_deleted,
                 )
-            await trio.sleep(self.settings.rollup_interval_s)
 
     # --- deciding what to submit ----------------------------------------------------------------
 

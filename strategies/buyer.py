@@ -6,8 +6,8 @@ cheapest offers priced at or below `limit_price` that fit in what is still neede
 all-or-nothing, so an offer is taken whole or not at all), paying the offer's own price.
 
 Only offers its bids can meet: those of its own location's country (or of `country`, when given).
-An offer it has a live bid for (the same window, price and power) is not bid for again: a book
-that still shows an offer just taken, or one its bid could not meet, costs no second bid.
+An offer it has a live bid for (the same window, price and power: sent, open, or its outcome
+unknown) is not bid for again, however many books show it.
 """
 
 from __future__ import annotations

@@ -19,11 +19,20 @@ import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from flexbot import model, wire
+from flexbot.clock import ManualWall, MarketClock
 from flexbot.meters.builder import QUARTER, Kind, Quarter
+from flexbot.meters.hub import MeterHub
 from flexbot.meters.pool import Meters, Pool, summed
-from flexbot.meters.source import BaselineSettings, MeterSettings, SyntheticSettings, store_time
+from flexbot.meters.source import (
+    BaselineSettings,
+    MeterSettings,
+    Reading,
+    SyntheticSettings,
+    store_time,
+)
 from flexbot.store import AsyncStore, Store
 from flexbot.strategy import Context, Strategy, Window
 from flexbot.verification import VerificationSettings, Verifier
@@ -156,6 +165,28 @@ def test_a_pool_names_each_meter_once_in_the_order_of_its_sites(tmp_path: Path) 
     pool = meters.pool(["site-b", "site-a", "site-b", None, "site-z"])
     assert [m.id for m in pool.meters] == ["b1", "a1", "a2"]
     assert pool.missing == ("site-z",)
+
+
+def test_a_forecast_meter_is_no_part_of_its_sites_pool(tmp_path: Path) -> None:
+    """A meter that only gives another's baseline (`provided`) measures nothing of the site."""
+    measured = meter("main", "site-a", BaselineSettings(method="provided", meter="forecast"))
+    forecast = meter("forecast", "site-a")
+    meters = Meters([measured, forecast], AsyncStore(Store.open(tmp_path / "f.db")), max_gap_s=900)
+    assert [m.id for m in meters.pool(["site-a"]).meters] == ["main"]
+
+
+@pytest.mark.anyio
+async def test_an_absurd_reading_is_not_kept(tmp_path: Path) -> None:
+    """A broken register's 3.4e38 would poison every quarter built from it: refused, logged."""
+    store = AsyncStore(Store.open(tmp_path / "f.db"))
+    clock = MarketClock(1.0, wall=ManualWall(), start=START)
+    hub = MeterHub([meter("m", "site-a")], store, clock=clock, base=tmp_path)
+    with capture_logs() as logs:
+        await hub.emit([Reading("m", START, Decimal("3.4e38")), Reading("m", START, Decimal(5))])
+    assert await store.run(store.sync.readings, "m", store_time(START), store_time(START)) == [
+        (store_time(START), "5")
+    ]
+    assert [e["event"] for e in logs] == ["meter.absurd_reading"]
 
 
 # --- end to end: the market judges the pool's sum -------------------------------------------------

@@ -24,9 +24,9 @@ from flexbot.verification import VerificationSettings
 NOW = datetime(2026, 11, 23, 10, 7, tzinfo=UTC)  # off the grid on purpose
 DAY = timedelta(days=1)
 RAW_KEPT = DAY
-# A rolled-up quarter keeps its energy to 1 µWh (flexbot.meters.retention), far below the 1 mWh
-# sent: the figures before and after agree to half of that.
-EXACT = Decimal("0.0000000005")
+# Energy from power samples is exact to Decimal's 28 digits; a curve summed from another first
+# sample may round its last digit otherwise: 10**-18 kWh, far below the 1 mWh sent.
+EXACT = Decimal("1e-18")
 
 pytestmark = pytest.mark.anyio
 
@@ -160,6 +160,24 @@ async def test_quarters_older_than_the_baseline_horizon_are_let_go(tmp_path: Pat
     (quarter,) = await meters.quarters(forecast, recent, recent + QUARTER)
     assert not quarter.flagged
     assert abs(quarter.energy_kwh - Decimal("0.5")) <= EXACT
+
+
+async def test_a_meter_that_fell_silent_keeps_its_raw_readings_for_a_backfill(
+    tmp_path: Path,
+) -> None:
+    """Readings stop for three days (a gateway down), then the gap is filled: a roll-up meanwhile
+    kept nothing past the last reading, so the filled days count in full."""
+    store = AsyncStore(Store.open(tmp_path / "flexbot.db"))
+    main = meter("main")
+    meters = Meters([main], store, max_gap_s=900)
+    await store.run(store.sync.add_readings, minutely("main", NOW - 4 * DAY, NOW - 3 * DAY, 1000))
+    await roll_up(meters, NOW, RAW_KEPT)
+    await store.run(store.sync.add_readings, minutely("main", NOW - 3 * DAY, NOW, 1000))
+    await roll_up(meters, NOW, RAW_KEPT)
+    filled = (NOW - 2 * DAY).replace(minute=0, second=0)
+    (quarter,) = await meters.quarters(main, filled, filled + QUARTER)
+    assert not quarter.flagged
+    assert abs(quarter.energy_kwh - Decimal("0.25")) <= EXACT
 
 
 def test_raw_readings_are_kept_at_least_as_long_as_metering_waits_for_them() -> None:

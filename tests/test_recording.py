@@ -162,6 +162,32 @@ async def test_the_recorder_rotates_and_compresses_at_the_cap_and_keeps_keep_fil
     check_kept(path, settings, sent)
 
 
+async def test_a_rotation_that_fails_loses_no_frame_and_is_tried_again_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rename that fails (a full or read-only directory; root cannot be refused one here, so
+    the failure is made by hand): the frames stay in the live file, none dropped."""
+
+    def refuse(path: Path, at: datetime) -> Path:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(rotation, "rotate", refuse)
+    path = tmp_path / "events.jsonl"
+    recorder = Recorder(path, ticking(), RecorderSettings(max_bytes=500, batch=4, retry_s=3600))
+    with capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(recorder.run)
+            for n in range(40):
+                recorder(Endpoint.TICKER, frame(n))
+                await trio.lowlevel.checkpoint()
+            await until(lambda: recorder.frames == 40)
+            nursery.cancel_scope.cancel()
+    assert recorder.dropped == 0
+    assert numbers(list(read(path))) == list(range(40))
+    failed = [e for e in logs if e["event"] == "record.failed"]
+    assert [e["step"] for e in failed] == ["rotate"]  # once: the next try waits retry_s
+
+
 def check_kept(path: Path, settings: RecorderSettings, sent: int) -> None:
     files = rotation.listing(path)
     assert [r.compressed for r in files] == [True, True]

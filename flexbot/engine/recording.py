@@ -21,6 +21,7 @@ import gzip
 import math
 import os
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
@@ -92,6 +93,7 @@ class Recorder:
         self._report_at = -math.inf  # trio time from which the next `record.dropped` may be
         self._file: IO[bytes] | None = None
         self._size = 0  # bytes in the live file
+        self._rotate_at = 0.0  # monotonic time: a failed rotation is tried again from then on
         # Writes run in worker threads, abandoned by a cancel; one at a time, under this lock.
         self._file_lock = threading.Lock()
         self._in_flight: _Batch | None = None  # the batch of a write that may not have ended
@@ -231,11 +233,18 @@ class Recorder:
         file.flush()
         self.frames += len(batch)
         self._size += len(data)  # counted, not asked (`tell`): a pipe has no position
-        if self._size < self.settings.max_bytes:
+        if self._size < self.settings.max_bytes or time.monotonic() < self._rotate_at:
             return None
         self._close_quietly()
-        # Stamped with the market time of its last frame.
-        rotated = rotation.rotate(self.path, batch[-1][0])
+        try:
+            # Stamped with the market time of its last frame.
+            rotated: Path | None = rotation.rotate(self.path, batch[-1][0])
+        except OSError as exc:
+            # The batch is written: a failed rotation costs no frame. The live file grows on and
+            # the rotation is tried again `retry_s` later.
+            self._rotate_at = time.monotonic() + self.settings.retry_s
+            log.warning("record.failed", step="rotate", path=str(self.path), reason=str(exc)[:200])
+            rotated = None
         self._open()
         return rotated
 

@@ -33,6 +33,10 @@ from flexbot.store import AsyncStore
 
 log = logs.get_logger("flexbot.meters")
 
+# A reading beyond a terawatt (or a terawatt-hour register) is a broken device's garbage (a float
+# register's 3.4e38): kept, it would poison every quarter and baseline built from it.
+MAX_READING = Decimal("1e12")
+
 Delivering = Callable[[str, datetime], Decimal]  # (location id, market time) → W sold and due
 
 
@@ -97,6 +101,11 @@ class MeterHub:
             task_status.started()
 
     async def emit(self, readings: Sequence[Reading]) -> None:
+        sane = [r for r in readings if abs(r.value) <= MAX_READING]
+        if len(sane) < len(readings):
+            for absurd in (r for r in readings if abs(r.value) > MAX_READING):
+                log.warning("meter.absurd_reading", meter=absurd.meter_id, value=str(absurd.value))
+            readings = sane
         rows = [(r.meter_id, store_time(r.at), str(r.value)) for r in readings]
         new = await self._store.run(self._store.sync.add_readings, rows)
         self.readings += new

@@ -14,7 +14,7 @@ not for the whole pool. For `mean_of_days` alone both orders give the same sum.
 A quarter of the pool is flagged when any of its meters' quarter is (a gap, data missing): it
 waits like a flagged quarter of one meter does. A site named by the order with no meter at all
 cannot be metered: the pool is not measured (`Pool.missing`), never measured as if it were
-smaller.
+smaller. A meter that is another's forecast (`provided` baseline) is no part of any pool.
 """
 
 from __future__ import annotations
@@ -77,9 +77,17 @@ class Meters:
         self, meters: Iterable[MeterSettings], store: AsyncStore, *, max_gap_s: float
     ) -> None:
         self.by_id = {m.id: m for m in meters}
+        # A meter named as another's forecast (`baseline: {method: provided, meter: …}`) gives
+        # that meter's baseline; it measures nothing of the pool, which would count it twice.
+        self.forecasts = {
+            m.baseline.meter
+            for m in self.by_id.values()
+            if m.baseline.method == "provided" and m.baseline.meter not in (None, m.id)
+        }
         self.by_site: defaultdict[str, list[MeterSettings]] = defaultdict(list)
         for meter in self.by_id.values():
-            self.by_site[meter.location_id].append(meter)
+            if meter.id not in self.forecasts:
+                self.by_site[meter.location_id].append(meter)
         self.store = store
         self.max_gap_s = max_gap_s
 

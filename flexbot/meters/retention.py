@@ -4,8 +4,8 @@ A meter read once a minute leaves 1,440 raw readings a day; the market wants 96 
 Once a quarter hour can no longer change (no late reading may still come: `raw_kept` after it,
 at least the longest metering waits for late data), its energy and flag are kept in the store and
 the raw readings before it let go, all but the newest (the quarter after it interpolates from
-it): every figure built afterwards is the figure built before (its flag, and its energy to the
-1 µWh kept, far below the 1 mWh sent; a flagged quarter's energy is a guess either way).
+it): every figure built afterwards is the figure built before (its flag, and its energy as
+computed, all of Decimal's digits; a flagged quarter's energy is a guess either way).
 Quarter hours are kept as long as the meter's baseline method may look back (`7 × N + 14`
 days), then let go too.
 
@@ -16,20 +16,18 @@ the next roll-up): past `raw_kept`, late is too late.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from decimal import Decimal
 
 from attrs import frozen
 
-from flexbot import rules, wire
+from flexbot import logs, rules, wire
 from flexbot.meters.builder import QUARTER
 from flexbot.meters.pool import Meters, from_readings
 from flexbot.meters.source import MeterSettings, store_time
 from flexbot.store import Store
 
 DAY = timedelta(days=1)
-# A quarter's energy is kept to 1 µWh: a thousand times finer than the 1 mWh sent, and a third of
-# the bytes of Decimal's 28 digits.
-KEPT_PLACES = Decimal("0.000000001")
+
+log = logs.get_logger("flexbot.meters.retention")
 
 
 @frozen
@@ -49,11 +47,17 @@ class Rolled:
 
 
 async def roll_up(meters: Meters, now: datetime, raw_kept: timedelta) -> Rolled:
-    """Roll up every meter's quarter hours ending before `now - raw_kept` (on the grid)."""
+    """Roll up every meter's quarter hours ending before `now - raw_kept` (on the grid) that its
+    readings have passed: a meter that fell silent keeps its raw readings until it reads again,
+    so a backfill after an outage is not too late. A meter that cannot be rolled up is logged and
+    left raw; the others go on."""
     horizon = rules.floor_to_grid(now - raw_kept)
     total = Rolled()
     for meter in meters.by_id.values():
-        total += await _roll_up_one(meters, meter.id, horizon, meters.horizon_days(meter))
+        try:
+            total += await _roll_up_one(meters, meter.id, horizon, meters.horizon_days(meter))
+        except (ArithmeticError, ValueError) as exc:
+            log.warning("meters.rollup_failed", meter=meter.id, reason=str(exc)[:200])
     return total
 
 
@@ -70,6 +74,10 @@ async def _roll_up_one(meters: Meters, meter_id: str, horizon: datetime, keep_da
             return Rolled()
         start = rules.floor_to_grid(wire.parse_datetime(first))
     start = max(start, rules.floor_to_grid(keep_from))
+    newest = await store.run(store.sync.last_reading_at, meter_id)
+    if newest is None:
+        return Rolled()
+    horizon = min(horizon, rules.floor_to_grid(wire.parse_datetime(newest)))
     if start >= horizon:
         return Rolled()
     total = Rolled(meters=1)
@@ -94,9 +102,7 @@ def _roll_up_span(
     """One store call (a reader of quarters never sees it half done): the quarters of
     `[start, stop)` built from the raw readings and kept, the readings before `stop` let go."""
     quarters = from_readings(store, meter, start, stop, max_gap_s=max_gap_s)
-    rows = [
-        (store_time(q.end), str(q.energy_kwh.quantize(KEPT_PLACES)), q.flagged) for q in quarters
-    ]
+    rows = [(store_time(q.end), str(q.energy_kwh), q.flagged) for q in quarters]
     raw, old = store.roll_up(
         meter.id, rows, raw_from=store_time(stop), quarters_from=store_time(keep_from + QUARTER)
     )
