@@ -72,8 +72,7 @@ from flexbot.engine.engine import Engine
 from flexbot.engine.loader import StrategySpec
 from flexbot.engine.orders import OrderTracker
 from flexbot.engine.settings import EngineSettings
-from flexbot.market.feed import FeedSettings, MarketFeed
-from flexbot.market.streams import Endpoint, StreamSettings
+from flexbot.market import Endpoint, FeedSettings, MarketFeed, StreamSettings
 from flexbot.sandbox.streams import CONTROL_MESSAGE
 from flexbot.strategy import Context, NoParams, Strategy
 

@@ -27,9 +27,7 @@ import trio
 
 from flexbot import logs, model, wire
 from flexbot.clock import ManualWall, MarketClock
-from flexbot.market.auth import Secret
-from flexbot.market.rest import MarketClient
-from flexbot.market.session import ConnectionSettings, connect
+from flexbot.market import ConnectionSettings, MarketClient, Secret, connect
 from flexbot.meters.builder import Quarter, meter_reading
 from flexbot.sandbox.market import MarketSettings, SandboxMarket
 from flexbot.sandbox.server import ServerSettings, serve
