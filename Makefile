@@ -20,15 +20,16 @@ demo: $(STAMP)  ## run the local marketplace with a demo user
 sandbox: $(STAMP)  ## run the local marketplace on its own (pass ARGS="--tls --port 8443")
 	$(BIN)/flexbot sandbox $(ARGS)
 
-# Tests run in parallel workers (one per core unless WORKERS says otherwise) and in a random order:
+# Tests run in parallel workers (one per core unless WORKERS says otherwise; an idle worker takes
+# queued tests from a busy one: --dist worksteal) and in a random order:
 # pytest prints the seed, `PYTEST_ARGS=--randomly-seed=N` repeats an order.
 WORKERS ?= auto
 
 test: $(STAMP) broker  ## the whole test suite
-	$(BIN)/python -m pytest -q -n $(WORKERS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 test-fast: $(STAMP)  ## the suite without the slow tests (subprocesses, long property searches)
-	$(BIN)/python -m pytest -q -n $(WORKERS) -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(WORKERS) --dist worksteal -m "not slow" $(PYTEST_ARGS)
 
 # The MQTT meter tests run a real broker: Debian's mosquitto, installed when missing. Best effort:
 # without apt (or root, or password-less sudo) the install is skipped and those tests skip.
