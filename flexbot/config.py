@@ -8,16 +8,18 @@ when the config is loaded, so `flexbot check-config` reports a missing variable 
 
 Sections: `market` (where and who), `store` (the SQLite file), `strategies` (where their files
 and code live), `engine`, `risk` (global limits), `kill_switch`, `meters` (readings, baselines),
-`verification` (when metering is sent), `metrics` (the Prometheus endpoint), `logging`. Paths are
-relative to the config file and may use `${VAR}` (e.g. `${STATE_DIRECTORY}/flexbot.db` under
-systemd).
+`meter_sources` (sources shared by many meters, their readings naming the meter),
+`meter_catalogue` (a CSV file of meters, see `flexbot.meters.catalogue`), `verification` (when
+metering is sent), `metrics` (the Prometheus endpoint), `logging`. Paths are relative to the
+config file and may use `${VAR}` (e.g. `${STATE_DIRECTORY}/flexbot.db` under systemd).
 
 Each section is an attrs class whose fields check themselves (`flexbot.validators`), so a bad
 value is located (`$.engine.max_failures: must be at least 1, got 0`) and every bad field is
 reported in one run; `_check` holds only what needs several fields. There is one class a
 component, none to keep in step with another: `engine` reads into the engine's own
 `EngineSettings` (plus the recorder's keys), `verification` into `VerificationSettings`, each
-`meters` entry into `MeterSettings` (its `source` read by its `type`), `risk` into `RiskLimits`.
+`meters` entry into `MeterSettings` (its `source` read by its `type`; none: a shared source feeds
+it), each catalogue row into one too (`LoadedConfig.meters` holds both), `risk` into `RiskLimits`.
 Where the YAML differs from what runs (`market`: a secret reference and a relative CA path;
 `metrics`: optional) `load` builds the running form.
 
@@ -39,12 +41,21 @@ import yaml
 from attrs import frozen
 
 from flexbot import wire
+from flexbot.assets import AssetSettings, Room, parse_catalogue
 from flexbot.engine.loader import StrategySpec, load_spec
 from flexbot.engine.risk import RiskLimits
 from flexbot.engine.settings import EngineSettings
 from flexbot.market import ConnectionSettings, Secret
 from flexbot.meters.builder import Kind
-from flexbot.meters.source import MeterSettings, MqttSettings, SourceSettings, parse_source
+from flexbot.meters.catalogue import read_catalogue
+from flexbot.meters.source import (
+    MeterSettings,
+    MqttSettings,
+    SharedSourceSettings,
+    SourceSettings,
+    parse_shared_source,
+    parse_source,
+)
 from flexbot.problems import Invalid, Loc, Problem
 from flexbot.validators import at_least, host_port_or_none, http_url, not_empty, seconds
 from flexbot.verification import VerificationSettings
@@ -56,6 +67,12 @@ LogFormat = Literal["auto", "json", "console"]
 wire.register_enum(Kind)
 # A meter's `source` is read by its `type` (see flexbot.meters.source), its problems located.
 wire.STRICT_CONVERTER.register_structure_hook(SourceSettings, lambda raw, _: parse_source(raw))
+wire.STRICT_CONVERTER.register_structure_hook(
+    SourceSettings | None, lambda raw, _: None if raw is None else parse_source(raw)
+)
+wire.STRICT_CONVERTER.register_structure_hook(
+    SharedSourceSettings, lambda raw, _: parse_shared_source(raw)
+)
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _CONNECTION = attrs.fields(ConnectionSettings)
 
@@ -135,6 +152,9 @@ class FlexbotConfig:
     risk: RiskLimits = attrs.field(factory=RiskLimits)
     kill_switch: KillSwitchConfig = attrs.field(factory=KillSwitchConfig)
     meters: tuple[MeterSettings, ...] = ()
+    meter_sources: tuple[SharedSourceSettings, ...] = ()  # each feeds the meters its data names
+    meter_catalogue: str | None = None  # a CSV file of meters (flexbot.meters.catalogue)
+    assets: AssetSettings | None = None  # the portfolio: None, offers are not tied to assets
     verification: VerificationSettings = attrs.field(factory=VerificationSettings)
     metrics: MetricsConfig = attrs.field(factory=MetricsConfig)
     logging: LoggingConfig = attrs.field(factory=LoggingConfig)
@@ -151,8 +171,12 @@ class LoadedConfig:
     strategies: tuple[StrategySpec, ...] = ()
     record_path: Path | None = None
     kill_switch_file: Path | None = None
-    meters: tuple[MeterSettings, ...] = ()
-    meter_secrets: Mapping[str, str | None] = attrs.field(factory=dict)
+    meters: tuple[MeterSettings, ...] = ()  # `meters:`, then the catalogue's
+    meter_secrets: Mapping[str, str | None] = attrs.field(factory=dict)  # by meter id
+    meter_sources: tuple[SharedSourceSettings, ...] = ()
+    meter_source_secrets: Mapping[int, str | None] = attrs.field(factory=dict)  # by index
+    fixed_assets: tuple[tuple[str, Room], ...] = ()  # (site, room) from `assets.catalogue`
+    asset_password: str | None = None  # `assets.mqtt.password`, resolved
 
 
 class ConfigError(Exception):
@@ -219,7 +243,19 @@ def load(
         # `flexbot run` would wait for ever for a store it can never open.
         problems.append(Problem(("store", "path"), f"not a file: {store}"))
     meter_secrets = _meter_secrets(config, path.parent, env, problems) if secrets else {}
+    source_secrets = _source_secrets(config, path.parent, env, problems) if secrets else {}
+    asset_password: str | None = None
+    broker = config.assets.mqtt if config.assets is not None else None
+    if secrets and broker is not None and broker.password is not None:
+        try:
+            asset_password = resolve_secret(broker.password, path.parent, env).reveal()
+        except Invalid as exc:
+            problems += [p.under(("assets", "mqtt", "password")) for p in exc.problems]
     located = [(path, p) for p in problems]
+    catalogue = _meter_catalogue(config, path, env, located)
+    fixed_assets: list[tuple[str, Room]] = []
+    if config.assets is not None and config.assets.catalogue is not None:
+        fixed_assets = _asset_catalogue(config.assets.catalogue, path, env, located)
     strategies: list[StrategySpec] = []
     config_dir, code_dir = paths.get("config_dir"), paths.get("code_dir")
     if config_dir is not None and code_dir is not None:
@@ -252,9 +288,67 @@ def load(
         strategies=tuple(strategies),
         record_path=paths["record"],
         kill_switch_file=paths["kill_switch"],
-        meters=config.meters,
+        meters=config.meters + tuple(catalogue),
         meter_secrets=meter_secrets,
+        meter_sources=config.meter_sources,
+        meter_source_secrets=source_secrets,
+        fixed_assets=tuple(fixed_assets),
+        asset_password=asset_password,
     )
+
+
+def _asset_catalogue(
+    name: str, config_path: Path, env: Mapping[str, str], located: list[tuple[Path, Problem]]
+) -> list[tuple[str, Room]]:
+    """The fixed assets of `assets.catalogue`; its problems located in its own file."""
+    loc: Loc = ("assets", "catalogue")
+    try:
+        file = _relative(_expand(name, env), config_path.parent)
+    except Invalid as exc:
+        located += [(config_path, p.under(loc)) for p in exc.problems]
+        return []
+    assert file is not None
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        located.append((config_path, Problem(loc, f"cannot read {file}: {why}")))
+        return []
+    try:
+        return parse_catalogue(text)
+    except Invalid as exc:
+        located += [(file, p) for p in exc.problems]
+        return []
+
+
+def _meter_catalogue(
+    config: FlexbotConfig,
+    config_path: Path,
+    env: Mapping[str, str],
+    located: list[tuple[Path, Problem]],
+) -> list[MeterSettings]:
+    """The meters of `meter_catalogue`, its problems located in its own file: each row's, an id
+    that `meters:` has too, and a catalogue no shared source could feed."""
+    if config.meter_catalogue is None:
+        return []
+    loc: Loc = ("meter_catalogue",)
+    try:
+        file = _relative(_expand(config.meter_catalogue, env), config_path.parent)
+        assert file is not None
+        taken = {m.id: f"$.meters[{i}] of {config_path.name}" for i, m in enumerate(config.meters)}
+        meters, problems = read_catalogue(file, taken)
+    except Invalid as exc:
+        located += [(config_path, p.under(loc)) for p in exc.problems]
+        return []
+    located += [(file, p) for p in problems]
+    if meters and not config.meter_sources:
+        located.append(
+            (
+                config_path,
+                Problem(loc, "its meters have no source: add the `meter_sources` that feed them"),
+            )
+        )
+    return meters
 
 
 def _meter_secrets(
@@ -272,6 +366,23 @@ def _meter_secrets(
                 secrets[meter.id] = resolve_secret(source.password, base, env).reveal()
             except Invalid as exc:
                 problems += [p.under(("meters", index, "source", "password")) for p in exc.problems]
+    return secrets
+
+
+def _source_secrets(
+    config: FlexbotConfig,
+    base: Path,
+    env: Mapping[str, str],
+    problems: list[Problem],
+) -> dict[int, str | None]:
+    """Each shared MQTT source's password reference resolved, by its index in `meter_sources`."""
+    secrets: dict[int, str | None] = {}
+    for index, source in enumerate(config.meter_sources):
+        if isinstance(source, MqttSettings) and source.password is not None:
+            try:
+                secrets[index] = resolve_secret(source.password, base, env).reveal()
+            except Invalid as exc:
+                problems += [p.under(("meter_sources", index, "password")) for p in exc.problems]
     return secrets
 
 
@@ -371,6 +482,14 @@ def _check(config: FlexbotConfig) -> list[Problem]:
         baseline = meter.baseline
         if baseline.method == "high_x_of_y" and baseline.x > baseline.y:
             problems.append(Problem((*loc, "baseline", "x"), "must be between 1 and y"))
+        if meter.source is None and not config.meter_sources:
+            problems.append(
+                Problem(
+                    (*loc, "source"),
+                    "required: no `meter_sources` could feed this meter",
+                    "missing",
+                )
+            )
     return problems
 
 

@@ -28,6 +28,9 @@ from attrs import define, field
 
 from flexbot import config, logs, safety, wire
 from flexbot.alarms import AlarmBounds, watch_for_silence
+from flexbot.assets import Fleet
+from flexbot.assets import link as asset_link
+from flexbot.assets.link import LocalBus
 from flexbot.clock import MarketClock
 from flexbot.engine.engine import Engine
 from flexbot.engine.killswitch import KillSwitch, engage_latch
@@ -36,6 +39,7 @@ from flexbot.engine.recording import MIB, Recorder, RecorderSettings
 from flexbot.engine.states import StoredStates
 from flexbot.market import MarketSession, connect
 from flexbot.meters.hub import MeterHub
+from flexbot.mqtt import Broker
 from flexbot.parts import Parts, summary_line
 from flexbot.safety import SHUTDOWN_TIMEOUT_S
 from flexbot.store import AsyncStore, StoreFailed, lock
@@ -72,6 +76,8 @@ class Control:
     reload_pending: bool = False  # SIGHUP before the engine: applied once it runs
     reloading: trio.Lock = field(factory=trio.Lock)  # reloads one at a time, in order
     kill_wanted: trio.Event = field(factory=trio.Event)  # SIGUSR1 before the engine
+    # The demo's fleet speaks on an in-process bus when no MQTT broker is at hand.
+    assets_bus: LocalBus | None = None
 
 
 async def run(
@@ -83,11 +89,13 @@ async def run(
     started: Callable[[Parts, trio.Nursery], None] | None = None,
     finished: Callable[[Parts], Awaitable[None]] | None = None,
     notifier: Notifier | None = None,
+    assets_bus: LocalBus | None = None,
 ) -> int:
     """Run until a stop signal (or `stop` is set); returns the exit status. The demo passes its
-    own `clock`, a `stop` event, and callbacks for when it has `started` and has `finished`
-    (stopped, the store still open); `flexbot run` passes nothing."""
-    control = Control(stop if stop is not None else trio.Event())
+    own `clock`, a `stop` event, callbacks for when it has `started` and has `finished`
+    (stopped, the store still open), and the bus its fleet speaks on; `flexbot run` passes
+    nothing."""
+    control = Control(stop if stop is not None else trio.Event(), assets_bus=assets_bus)
     with contextlib.ExitStack() as stack:
         received = None
         if signals:
@@ -201,6 +209,8 @@ async def _trade(
                 await nursery.start(recorder.run)
             await nursery.start(market.tokens.run)
             await nursery.start(parts.hub.run)
+            if parts.fleet is not None:
+                await _listen_to_assets(loaded, parts.fleet, store, clock, control, nursery)
             await nursery.start(parts.feed.run)
             await parts.feed.reconciled.wait()  # /trade up, open orders reconciled
             # From here on a stop is a graceful one: strategies may place orders.
@@ -276,17 +286,56 @@ async def _apply_pending(loaded: config.LoadedConfig, control: Control, engine: 
         await _reload(loaded, engine, control.reloading)
 
 
+async def _listen_to_assets(
+    loaded: config.LoadedConfig,
+    fleet: Fleet,
+    store: AsyncStore,
+    clock: MarketClock,
+    control: Control,
+    nursery: trio.Nursery,
+) -> None:
+    """The fleet hears its assets before the strategies start: on the broker, the retained
+    states arrive right after the subscription is answered (waited for a few seconds at most: a
+    broker that is down leaves every asset unknown, which offers nothing, until it is back)."""
+    settings = fleet.settings
+    if control.assets_bus is not None:
+        control.assets_bus.subscribe(asset_link.topics(fleet), fleet.receive)
+    elif settings.mqtt is not None:
+        broker = settings.mqtt
+        link = asset_link.listener(
+            fleet,
+            Broker(
+                broker.host,
+                broker.port,
+                broker.username,
+                loaded.asset_password,
+                broker.keepalive_s,
+            ),
+        )
+        await nursery.start(link.run)
+        with trio.move_on_after(ASSETS_FIRST_WAIT_S):
+            await link.subscribed.wait()
+            await trio.sleep(0.2)  # the retained states, sent right after the SUBACK
+    every_s = min(10.0, settings.staleness_s / 4)
+    nursery.start_soon(partial(asset_link.watch_staleness, fleet, clock, every_s=every_s))
+    nursery.start_soon(partial(asset_link.keep_in_store, fleet, store, clock, every_s=every_s))
+    log.info("assets.listening", assets=len(fleet.assets()), sites=len(fleet.by_site))
+
+
 async def _assemble(
     loaded: config.LoadedConfig, store: AsyncStore, market: MarketSession, clock: MarketClock
 ) -> Parts:
     cfg = loaded.config
     tracker = await OrderTracker.restore(store)
+    fleet = None if cfg.assets is None else Fleet(cfg.assets, loaded.fixed_assets)
     hub = MeterHub(
         loaded.meters,
         store,
         clock=clock,
         base=loaded.path.parent,
+        sources=loaded.meter_sources,
         secrets=loaded.meter_secrets,
+        source_secrets=loaded.meter_source_secrets,
         delivering=sold_power(tracker),
     )
     verifier = Verifier(
@@ -309,10 +358,13 @@ async def _assemble(
         ),
         observers=[verifier.observe],
         states=StoredStates(store),
+        fleet=fleet,
     )
     feed = market.feed(orders=tracker)
-    return Parts(engine, verifier, hub, feed, tracker, store, market, clock)
+    return Parts(engine, verifier, hub, feed, tracker, store, market, clock, fleet)
 
+
+ASSETS_FIRST_WAIT_S = 5.0  # at start, for the assets' broker to answer the subscription
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 

@@ -22,6 +22,10 @@ own, never the process-global one.
 | flexbot_outbox_pending, flexbot_outbox_oldest_age_seconds | gauge | |
 | flexbot_verification_submissions_total | counter | |
 | flexbot_alarms | gauge | alarm (1 while raised) |
+| flexbot_assets | gauge | site, state (fresh: counted; stale: offers nothing) |
+| flexbot_asset_bad_messages_total | counter | |
+| flexbot_site_{deliverable,committed,free}_watts | gauge | site, window (0: the next, … 3) |
+| flexbot_site_meter_age_seconds | gauge | site (its meters' oldest last reading) |
 
 The backlogs (`flexbot.parts.backlogs`) are `feed_ticker`, `inbox_orders` and `inbox_facts` (per
 strategy; `strategy` is empty for the others) and `verifier_enqueued`; the alarm `backlog_full`
@@ -48,8 +52,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from flexbot import logs
+from flexbot.engine.deliverable import pool_rooms
 from flexbot.parts import Parts, backlogs
-from flexbot.trading import IntentState
+from flexbot.trading import IntentState, Window
 
 if TYPE_CHECKING:
     from flexbot.market import MarketFeed
@@ -140,6 +145,7 @@ class Metrics(Collector):
             alarms.add_metric([alarm], 1 if alarm in self.alarms else 0)
         yield alarms
         yield from backlog_metrics(parts)
+        yield from portfolio_metrics(parts)
 
     def _streams(self, parts: Parts) -> Iterator[Metric]:
         yield from stream_metrics(parts.feed)
@@ -191,6 +197,59 @@ def backlog_metrics(parts: Parts) -> Iterator[Metric]:
         size.add_metric([backlog, strategy], len(buffer))
         capacity.add_metric([backlog, strategy], buffer.capacity)
     yield from (dropped, size, capacity)
+
+
+SITE_WINDOWS = 4  # upcoming windows reported per site
+
+
+def portfolio_metrics(parts: Parts) -> Iterator[Metric]:
+    """Per site: its assets, fresh or stale, what it can deliver in the next windows against
+    what is committed there, and how old its meters' readings are."""
+    now = parts.clock.now()
+    ages = GaugeMetricFamily(
+        "flexbot_site_meter_age_seconds",
+        "Age of the oldest last reading of a site's meters",
+        labels=["site"],
+    )
+    oldest: dict[str, float] = {}
+    for meter in parts.hub.meters:
+        last = parts.hub.last_reading.get(meter.id)
+        age = (now - last).total_seconds() if last is not None else float("inf")
+        oldest[meter.location_id] = max(oldest.get(meter.location_id, 0.0), age)
+    for site, age in sorted(oldest.items()):
+        ages.add_metric([site], age)
+    yield ages
+    fleet = parts.fleet
+    if fleet is None:
+        return
+    assets = GaugeMetricFamily("flexbot_assets", "Assets known", labels=["site", "state"])
+    figures = {
+        name: GaugeMetricFamily(
+            f"flexbot_site_{name}_watts",
+            f"Reduction {name} in an upcoming window",
+            labels=["site", "window"],
+        )
+        for name in ("deliverable", "committed", "free")
+    }
+    windows = Window.upcoming(now, SITE_WINDOWS)
+    for site in sorted(fleet.by_site):
+        fresh = sum(1 for a in fleet.assets([site]) if fleet.fresh(a, now))
+        assets.add_metric([site, "fresh"], fresh)
+        assets.add_metric([site, "stale"], len(fleet.by_site[site]) - fresh)
+        rooms = pool_rooms(fleet, parts.tracker, [site], windows, now=now, dry_run=False)
+        for index, window in enumerate(windows):
+            risk, room, _ = rooms[window]
+            label = [site, str(index)]
+            figures["deliverable"].add_metric(label, room.capacity_w)
+            figures["committed"].add_metric(label, float(risk.committed_w))
+            figures["free"].add_metric(label, room.free_w)
+    yield assets
+    yield from figures.values()
+    yield CounterMetricFamily(
+        "flexbot_asset_bad_messages",
+        "Asset messages that could not be read",
+        value=fleet.bad_messages,
+    )
 
 
 def stream_metrics(feed: MarketFeed) -> Iterator[Metric]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from attrs import define
 
+from flexbot.assets import Fleet
 from flexbot.buffers import Bounded
 from flexbot.clock import MarketClock
 from flexbot.engine.engine import Engine
@@ -31,6 +32,7 @@ class Parts:
     store: AsyncStore
     market: MarketSession
     clock: MarketClock
+    fleet: Fleet | None = None  # the portfolio's assets (config `assets`)
 
 
 def summary_line(parts: Parts) -> str:

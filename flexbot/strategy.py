@@ -58,6 +58,7 @@ from flexbot.model import Ticker as Ticker
 from flexbot.problems import Invalid as Invalid
 from flexbot.problems import Problem as Problem
 from flexbot.schedule import Timer as Timer
+from flexbot.trading import Deliverable as Deliverable
 from flexbot.trading import IntentState as IntentState
 from flexbot.trading import OwnOrder as OwnOrder
 from flexbot.trading import Position as Position
@@ -69,7 +70,8 @@ from flexbot.validators import positive as positive
 # a meaning changed), not on an addition. Logged with `strategy.started`.
 #   1: the first API (`ctx.place(side, power_w, price, window)`, params declared twice).
 #   2: one import; `ctx.place(side, window, *, power_w=, price=)`; params from `Strategy[P]`;
-#      `save_state` / `load_state`; a typed `ctx.log`.
+#      `save_state` / `load_state`; a typed `ctx.log`. Added since: `ctx.location`,
+#      `ctx.deliverable`.
 API_VERSION = 2
 
 MARKET_TIME_UNIT_S = rules.MARKET_TIME_UNIT_S  # the market's delivery grid: 15 minutes
@@ -82,6 +84,7 @@ __all__ = [
     "Contract",
     "ContractStatus",
     "DataPoint",
+    "Deliverable",
     "ExpiredOrder",
     "IntentState",
     "Invalid",
@@ -169,6 +172,15 @@ class Context(Protocol):
 
     def position(self, window: Window) -> Position:
         """This strategy's position in `window`."""
+
+    def deliverable(
+        self, windows: Sequence[Window], sites: Sequence[str] | None = None
+    ) -> list[Deliverable] | None:
+        """What the pool of `sites` (default: the strategy's location's) can still deliver as a
+        reduction in each window: its assets' capacity, what is committed, and what a sell may
+        still take within the availability limit (`available_w`, after other windows'
+        commitments take their energy). None when flexbot knows no assets (no `assets`
+        section): a fixed capacity is then the strategy's own to choose."""
 
     async def place(
         self,

@@ -142,3 +142,18 @@ class Position:
     def net_w(self) -> Decimal:
         """Bought minus sold: > 0 long (we take flexibility), < 0 short (we deliver it)."""
         return self.bought_w - self.sold_w
+
+
+@frozen
+class Deliverable:
+    """What a pool of sites can deliver as a reduction in one window, in W: what its assets can
+    hold (`capacity_w`), what is already committed there (sold, or offered and still open), and
+    what an order may still take (`available_w`: within the availability risk limit, and after
+    what other windows' commitments take of the assets' energy). Whole watts, never rounded up."""
+
+    window: Window
+    sites: tuple[str, ...]
+    capacity_w: Decimal
+    committed_w: Decimal
+    available_w: Decimal
+    assets: int = 0  # the assets counted (fresh state, or fixed limits)

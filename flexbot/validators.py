@@ -54,6 +54,18 @@ def at_least(minimum: int | float) -> Validator:
     return check
 
 
+def between(minimum: int, maximum: int) -> Validator:
+    """`minimum <= value <= maximum`: "must be between 1 and 12"."""
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if not minimum <= value <= maximum:
+            raise Invalid.single(
+                (attribute.name,), f"must be between {minimum} and {maximum}, got {value}"
+            )
+
+    return check
+
+
 def greater_than(bound: int | float) -> Validator:
     """`value > bound`; infinity passes (e.g. a timeout of `.inf`: none)."""
 

@@ -1,10 +1,13 @@
 """Sell the aggregator's flexibility, window by window, never below a floor price.
 
 For each of the next `windows_ahead` delivery windows (the first at least `lead_s` ahead), offer the
-flexibility available in that window (`capacity_w`, or the `schedule` entry covering the window's
-start hour) at `ask_price`, with a flat baseline of the site's usual load (`baseline_w`), or, with
-`baseline_w: null`, the baseline flexbot builds from the location's meter: a sell is matched only
-once the market has its baseline.
+flexibility available in that window at `ask_price`: what the location's assets can still deliver
+(`ctx.deliverable`, when flexbot knows the assets: an `assets` section), at most `capacity_w` (or
+the `schedule` entry covering the window's start hour) when given; for sites without assets, that
+fixed capacity alone (with neither, nothing: `seller.no_capacity`, once). Offers below
+`min_offer_w` are not made. Each offer goes with a flat baseline of the site's usual load
+(`baseline_w`), or, with `baseline_w: null`, the baseline flexbot builds from the location's
+meters: a sell is matched only once the market has its baseline.
 
 Re-pricing: when the book shows a bid for the window that could take the whole offer, priced below
 our ask but at or above the floor, the offer is cancelled and placed again at that bid's price, so
@@ -53,8 +56,13 @@ class Slot:
 class SellerParams:
     floor_price: Decimal = attrs.field(validator=positive)  # €/kWh: never sell below
     ask_price: Decimal = attrs.field(validator=positive)  # €/kWh: the first offer's price
-    capacity_w: Decimal = Decimal(5000)  # flexibility available in a window, unless scheduled
+    # W offered at most in a window, unless scheduled: the whole offer for sites without assets,
+    # a cap on what the assets can deliver for sites with them. None: the assets' figure alone.
+    capacity_w: Decimal | None = attrs.field(
+        default=None, validator=attrs.validators.optional(positive)
+    )
     schedule: tuple[Slot, ...] = ()  # overrides capacity_w in the hours it covers
+    min_offer_w: Decimal = attrs.field(default=Decimal(100), validator=positive)
     # The site's usual load, for a flat baseline sent with each offer; None: flexbot builds the
     # baseline from the location's meter (config `meters:`) and submits it.
     baseline_w: Decimal | None = Decimal(10000)
@@ -73,6 +81,7 @@ class FlexSeller(Strategy[SellerParams]):
     def __init__(self, params: SellerParams) -> None:
         super().__init__(params)
         self._refused: set[Window] = set()  # windows refused (by risk) since the last timer tick
+        self._said_no_capacity = False
 
     def save_state(self) -> State:
         return {"refused": sorted(w.isoformat() for w in self._refused)}  # sorted: stable bytes
@@ -93,18 +102,37 @@ class FlexSeller(Strategy[SellerParams]):
                 await self._reprice(ctx, order, book)
         await self._offer(ctx)
 
-    def capacity(self, window: Window) -> Decimal:
+    def capacity(self, window: Window) -> Decimal | None:
         for slot in self.params.schedule:
             if slot.from_hour <= window.start.hour < slot.to_hour:
                 return slot.power_w
         return self.params.capacity_w
 
+    def free(self, ctx: Context, window: Window) -> Decimal:
+        """What may still be offered in the window: the assets' figure (asked afresh for each
+        window: an offer in one takes energy from the next), within the fixed capacity."""
+        limits = []
+        capacity = self.capacity(window)
+        if capacity is not None:
+            position = ctx.position(window)
+            limits.append(capacity - position.sold_w - position.open_sell_w)
+        deliverable = ctx.deliverable([window])
+        if deliverable is not None:
+            limits.append(deliverable[0].available_w)
+        if not limits:
+            if not self._said_no_capacity:
+                self._said_no_capacity = True
+                ctx.log.warning("seller.no_capacity", reason="no assets known and no capacity_w")
+            return Decimal(0)
+        return min(limits)
+
     async def _offer(self, ctx: Context) -> None:
         p = self.params
         for window in Window.upcoming(ctx.now, p.windows_ahead, lead_s=p.lead_s):
-            position = ctx.position(window)
-            free = self.capacity(window) - position.sold_w - position.open_sell_w
-            if free <= 0 or window in self._refused:
+            if window in self._refused:
+                continue
+            free = self.free(ctx, window)
+            if free < p.min_offer_w:
                 continue
             baseline = None
             if p.baseline_w is not None:

@@ -19,6 +19,7 @@ import attrs
 import trio
 
 from flexbot import model
+from flexbot.assets import Fleet
 from flexbot.engine.engine import Engine
 from flexbot.engine.killswitch import KillSwitch
 from flexbot.engine.loader import StrategySpec
@@ -91,6 +92,7 @@ async def running_engine(
     store_path: Path | None = None,
     kill_switch: Callable[[AsyncStore | None], KillSwitch] | None = None,
     endpoints: tuple[Endpoint, ...] = tuple(Endpoint),
+    fleet: Fleet | None = None,
 ) -> AsyncIterator[Harness]:
     async with connect(connection(sandbox, user)) as market:
         store = AsyncStore(Store.open(store_path)) if store_path is not None else None
@@ -107,6 +109,7 @@ async def running_engine(
                 limits=limits,
                 kill_switch=kill_switch(store) if kill_switch else None,
                 states=StoredStates(store) if store is not None else None,
+                fleet=fleet,
             )
             async with trio.open_nursery() as nursery:
                 await nursery.start(feed.run)

@@ -458,7 +458,7 @@ def test_a_store_that_cannot_be_written_halts_trading_and_a_restart_recovers(
         restarted.close()
     shown = flexbot("status", "--config", str(config), password=False)
     assert "open orders: 0" in shown.stdout
-    assert "site-1-main      site-1       last reading 20" in shown.stdout
+    assert "    meter  site-1-main      last reading 20" in shown.stdout
 
 
 def test_a_damaged_store_exits_2_with_what_to_do_and_no_traceback(

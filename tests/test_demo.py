@@ -36,3 +36,13 @@ def test_the_demo_trades_verifies_and_settles_within_its_duration() -> None:
     assert meterings is not None
     assert int(meterings[1]) >= 1
     assert int(meterings[2]) >= 1
+    # The simulated fleet was discovered through the asset protocol, and sized the offers.
+    fleet = re.search(
+        r"fleet\s+(\d+) assets at (\d+) sites; next 2 h: ([\d.]+) kWh deliverable", out
+    )
+    assert fleet is not None, out
+    assert (int(fleet[1]), int(fleet[2])) == (4, 2)
+    assert float(fleet[3]) > 0
+    offered = re.search(r"offers\s+([\d.]+) kWh offered in all, ([\d.]+) kWh sold", out)
+    assert offered is not None, out
+    assert float(offered[1]) > 0

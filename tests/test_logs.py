@@ -20,7 +20,6 @@ from typing import Any, ClassVar, cast
 import attrs
 import httpx
 import orjson
-import paho.mqtt.client as paho
 import pytest
 import structlog
 import yaml
@@ -31,7 +30,7 @@ from flexbot import cli, config, daemon, logs, model
 from flexbot.market.auth import TOKEN_PATH, Secret
 from flexbot.market.session import resolve_password
 from flexbot.meters.mqtt import MqttMeter
-from flexbot.meters.source import MqttSettings
+from flexbot.meters.source import MqttSettings, Route
 from flexbot.redaction import REDACTED, KnownSecrets, redact_url, scrub
 from flexbot.strategy import Context, Strategy
 from tests.conftest import Sandbox
@@ -247,12 +246,11 @@ def test_an_mqtt_meters_password_is_hidden_wherever_it_appears(
     loaded = config.load(path, {})
     settings = loaded.meters[0].source
     assert isinstance(settings, MqttSettings)
-    mqtt = MqttMeter("m1", settings, password=loaded.meter_secrets["m1"])
+    mqtt = MqttMeter(Route.own("m1"), settings, password=loaded.meter_secrets["m1"])
 
     # A device that publishes its settings, password included: logged as a bad message.
-    message = paho.MQTTMessage(topic=b"site/power")
-    message.payload = b'{"broker": "127.0.0.1", "login": "meter/mqtt-broker-pw-42"}'
-    mqtt._on_message(cast(paho.Client, None), None, message)
+    payload = b'{"broker": "127.0.0.1", "login": "meter/mqtt-broker-pw-42"}'
+    mqtt._on_message("site/power", payload)
 
     assert output.event("meter.bad_message")["payload"].endswith(f'"meter/{REDACTED}"}}')
     assert "mqtt-broker-pw-42" not in output.text

@@ -27,8 +27,11 @@ import trio
 from paho.mqtt import publish
 from structlog.testing import capture_logs
 
+from flexbot.clock import ManualWall, MarketClock
+from flexbot.meters.hub import MeterHub
 from flexbot.meters.mqtt import MqttMeter
-from flexbot.meters.source import MqttSettings, Reading
+from flexbot.meters.source import MeterSettings, MqttSettings, Reading, Route
+from flexbot.store import AsyncStore, Store
 from tests.processes import free_port
 
 pytestmark = pytest.mark.anyio
@@ -160,11 +163,13 @@ async def send(broker: Broker, topic: str, *payloads: str, auth: Any = None) -> 
     await trio.to_thread.run_sync(publisher)
 
 
-async def subscribed(broker: Broker, topic: str, got: Collected, *, auth: Any = None) -> None:
+async def subscribed(
+    broker: Broker, topic: str, got: Collected, *, auth: Any = None, probe: str = str(PROBE)
+) -> None:
     """Publish probes until one arrives: from then on the meter hears the topic."""
     with trio.fail_after(5):
         while True:
-            await send(broker, topic, str(PROBE), auth=auth)
+            await send(broker, topic, probe, auth=auth)
             with trio.move_on_after(0.2):
                 await got.next(probes=True)
                 return
@@ -188,7 +193,7 @@ def meter_on(
     **settings: Any,
 ) -> MqttMeter:
     mqtt = MqttSettings(topic=topic, port=broker.port, **settings)
-    return MqttMeter("m1", mqtt, password=password, rng=rng or QuickRandom())
+    return MqttMeter(Route.own("m1"), mqtt, password=password, rng=rng or QuickRandom())
 
 
 async def test_json_readings_arrive_with_their_time_and_exact_value(broker: Broker) -> None:
@@ -281,6 +286,122 @@ async def test_a_wrong_password_is_logged_and_retried(secured_broker: Broker) ->
     assert "wrong-pw" not in repr(logs)
 
 
+# --- one wildcard source, many meters -------------------------------------------------------------
+
+SPEC_TOPIC = "flexbot/v1/+/+/meter"  # flexbot/v1/<site>/<meter>/meter: the meter at level -2
+
+
+def shared_on(broker: Broker, topic: str, **settings: Any) -> MqttMeter:
+    mqtt = MqttSettings(topic=topic, port=broker.port, **settings)
+    return MqttMeter(Route.of_source("meter_sources[0]"), mqtt, rng=QuickRandom())
+
+
+async def test_a_wildcard_source_feeds_each_meter_its_topic_names(broker: Broker) -> None:
+    with capture_logs() as logs:
+        async with running(shared_on(broker, SPEC_TOPIC, meter_level=-2)) as got:
+            await subscribed(broker, "flexbot/v1/probe/probe/meter", got)
+            await send(
+                broker,
+                "flexbot/v1/site-a/m1/meter",
+                '{"timestamp": "2026-11-23T10:00:00Z", "value": 1}',
+            )
+            await send(broker, "flexbot/v1/site-a/m2/meter", "2.5")  # stamped on arrival
+            await send(
+                broker,
+                "flexbot/v1/site-b/m3/meter",
+                '{"meter_id": "m1", "timestamp": "2026-11-23T10:00:00Z", "value": 9}',  # disagrees
+                '[{"meter_id": "m3", "timestamp": "2026-11-23T10:00:00Z", "value": 3}]',
+            )
+            await send(broker, "flexbot/v1/site-b/m4/other", "4")  # not the filter's
+            with trio.fail_after(5):
+                readings = [await got.next() for _ in range(3)]
+    assert [(r.meter_id, r.value) for r in readings] == [
+        ("m1", Decimal(1)),
+        ("m2", Decimal("2.5")),
+        ("m3", Decimal(3)),
+    ]
+    [bad] = [e for e in logs if e["event"] == "meter.bad_message"]
+    assert bad["source"] == "meter_sources[0]"
+    assert "not the topic's meter 'm3'" in bad["reason"]
+    assert [e["source"] for e in logs if e["event"] == "meter.connected"] == ["meter_sources[0]"]
+
+
+async def test_a_gateways_topic_feeds_the_meters_its_payload_names(broker: Broker) -> None:
+    probe = '{"meter_id": "probe", "timestamp": "2026-11-23T10:00:00Z", "value": -999}'
+    with capture_logs() as logs:
+        async with running(shared_on(broker, "gateway/+/readings")) as got:
+            await subscribed(broker, "gateway/g1/readings", got, probe=probe)
+            await send(
+                broker,
+                "gateway/g1/readings",
+                '[{"meter_id": "m4", "timestamp": "2026-11-23T10:00:00Z", "value": 4},'
+                ' {"meter_id": 5, "timestamp": "2026-11-23T10:00:00Z", "value": 5}]',
+                "6",  # a bare number names no meter: bad
+                '[{"meter_id": "m6", "timestamp": "2026-11-23T10:00:00Z", "value": 6},'
+                ' {"timestamp": "2026-11-23T10:00:00Z", "value": 7}]',  # skipped whole
+                '{"meter_id": "m8", "timestamp": "2026-11-23T10:00:00Z", "value": 8}',
+            )
+            with trio.fail_after(5):
+                readings = [await got.next() for _ in range(3)]
+    assert [(r.meter_id, r.value) for r in readings] == [
+        ("m4", Decimal(4)),
+        ("5", Decimal(5)),
+        ("m8", Decimal(8)),
+    ]
+    bad = [e for e in logs if e["event"] == "meter.bad_message"]
+    assert [e["payload"][:3] for e in bad] == ["6", '[{"']
+    assert all("no meter_id" in e["reason"] for e in bad)
+
+
+async def test_the_hub_runs_a_wildcard_source_and_drops_unknown_meters(
+    broker: Broker, tmp_path: Path
+) -> None:
+    store = AsyncStore(Store.open(tmp_path / "f.db"))
+    meters = [MeterSettings(f"m{i}", "site-a") for i in range(1, 4)]  # fed by the shared source
+    clock = MarketClock(1.0, wall=ManualWall(), start=datetime(2026, 11, 23, tzinfo=UTC))
+    sources = [MqttSettings(topic=SPEC_TOPIC, port=broker.port, meter_level=-2)]
+    hub = MeterHub(meters, store, clock=clock, base=tmp_path, sources=sources)
+    with capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(hub.run)
+            with trio.fail_after(5):
+                while not hub.unknown_readings:  # probes of an unknown meter: dropped, counted
+                    await send(broker, "flexbot/v1/site-a/probe/meter", str(PROBE))
+                    await trio.sleep(0.05)
+            for i in range(1, 4):
+                message = f'{{"timestamp": "2026-11-23T10:00:0{i}Z", "value": {i}}}'
+                await send(broker, f"flexbot/v1/site-a/m{i}/meter", message)
+            with trio.fail_after(5):
+                while hub.readings < 3:  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    assert set(hub.last_reading) == {"m1", "m2", "m3"}
+    assert store.sync.last_reading_at("probe") is None
+    assert [e["meter"] for e in logs if e["event"] == "meter.unknown"] == ["probe"]
+
+
+async def test_a_meters_own_topic_is_all_its_own_unless_a_level_names_the_meter(
+    broker: Broker,
+) -> None:
+    """A device may call itself anything in its payload (a serial): its meter's own topic is the
+    meter's. With `meter_level`, an own source of a wildcard takes its meter's topics only."""
+    reading = '{"meter_id": "serial-9", "timestamp": "2026-11-23T10:00:00Z", "value": 1}'
+    async with running(meter_on(broker, "site/g/power")) as got:
+        await subscribed(broker, "site/g/power", got)
+        await send(broker, "site/g/power", reading)
+        with trio.fail_after(5):
+            assert (await got.next()).meter_id == "m1"
+    with capture_logs() as logs:
+        async with running(meter_on(broker, "levels/+/power", meter_level=1)) as got:
+            await subscribed(broker, "levels/m1/power", got)
+            await send(broker, "levels/m2/power", "2")  # another meter's: skipped, quietly
+            await send(broker, "levels/m1/power", "3")
+            with trio.fail_after(5):
+                mine = await got.next()
+    assert (mine.meter_id, mine.value) == ("m1", Decimal(3))
+    assert not [e for e in logs if e["event"] == "meter.bad_message"]
+
+
 # --- a broker that does not answer ----------------------------------------------------------------
 
 
@@ -304,11 +425,13 @@ async def test_a_cancel_during_a_connect_that_hangs_ends_the_source_at_once() ->
     closed once that connect returns, so no connection outlives the source."""
     async with unanswering_broker() as server:
         port = server.getsockname()[1]
-        meter = MqttMeter("m1", MqttSettings(topic="site/f/power", port=port), rng=QuickRandom())
+        meter = MqttMeter(
+            Route.own("m1"), MqttSettings(topic="site/f/power", port=port), rng=QuickRandom()
+        )
         # The test holds the client, so that no garbage collection closes its socket for it.
         clients: list[Any] = []
-        make_client = meter._client
-        meter._client = lambda: clients.append(make_client()) or clients[-1]  # type: ignore[method-assign]
+        make_client = meter.link._new_client
+        meter.link._new_client = lambda: clients.append(make_client()) or clients[-1]  # type: ignore[method-assign]
         started = trio.current_time()
         with trio.move_on_after(0.3):  # by then the meter waits in its connect
             await meter.run(Collected().emit)

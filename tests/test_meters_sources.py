@@ -30,21 +30,25 @@ from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route as WebRoute
 from structlog.testing import capture_logs
 
 from flexbot.backoff import Backoff, Retrying
 from flexbot.clock import ManualWall, MarketClock
 from flexbot.meters.csv_files import CsvMeter
 from flexbot.meters.http_poll import HttpMeter
+from flexbot.meters.hub import MeterHub
 from flexbot.meters.source import (
     CsvSettings,
     HttpSettings,
+    MeterSettings,
     Reading,
+    Route,
     SyntheticSettings,
     store_time,
 )
 from flexbot.meters.synthetic import SyntheticMeter, synthetic_power
+from flexbot.store import AsyncStore, Store
 from tests import strategies_model as sm
 
 pytestmark = pytest.mark.anyio
@@ -99,7 +103,7 @@ def events(logs: Sequence[MutableMapping[str, Any]], name: str) -> list[MutableM
 def test_csv_reads_the_rows_then_only_the_appended_ones(tmp_path: Path) -> None:
     path = tmp_path / "site.csv"
     path.write_text(HEADER + row(0, "1000") + row(1, "1000.5"), encoding="utf-8")
-    meter = CsvMeter("m1", CsvSettings(path=str(path)), base=tmp_path)
+    meter = CsvMeter(Route.own("m1"), CsvSettings(path=str(path)), base=tmp_path)
     assert meter.poll() == [reading(0, "1000"), reading(1, "1000.5")]
     assert meter.poll() == []
     append(path, row(2, "990") + row(3, "980").rstrip("\n"))  # the last line is half-written
@@ -129,7 +133,7 @@ def test_csv_skips_and_logs_bad_rows_and_reads_on(tmp_path: Path) -> None:
         row(5, "2.5"),  # 9
     ]
     path.write_text("".join(lines), encoding="utf-8")
-    meter = CsvMeter("m1", CsvSettings(path=str(path)), base=tmp_path)
+    meter = CsvMeter(Route.own("m1"), CsvSettings(path=str(path)), base=tmp_path)
     with capture_logs() as logs:
         assert meter.poll() == [reading(0, "1"), reading(5, "2.5")]
         append(path, "2026-13-01T00:00:00Z,1\n" + row(6, "3"))  # 10: no 13th month; 11
@@ -151,9 +155,9 @@ def test_csv_skips_the_rows_of_other_meters(tmp_path: Path) -> None:
         encoding="utf-8",
     )  # fmt: skip
     with capture_logs() as logs:
-        meter = CsvMeter("m1", CsvSettings(path=str(path)), base=tmp_path)
+        meter = CsvMeter(Route.own("m1"), CsvSettings(path=str(path)), base=tmp_path)
         assert meter.poll() == [reading(0, "10"), reading(1, "11")]
-        other = CsvMeter("m2", CsvSettings(path=str(path)), base=tmp_path)
+        other = CsvMeter(Route.own("m2"), CsvSettings(path=str(path)), base=tmp_path)
         assert other.poll() == [reading(0, "20", "m2")]
     assert [entry["meter"] for entry in events(logs, "meter.bad_row")] == ["m2"]
 
@@ -161,7 +165,7 @@ def test_csv_skips_the_rows_of_other_meters(tmp_path: Path) -> None:
 def test_csv_reads_a_replaced_shorter_file_from_the_start(tmp_path: Path) -> None:
     path = tmp_path / "site.csv"
     path.write_text(HEADER + "".join(row(m, "100") for m in range(5)), encoding="utf-8")
-    meter = CsvMeter("m1", CsvSettings(path=str(path)), base=tmp_path)
+    meter = CsvMeter(Route.own("m1"), CsvSettings(path=str(path)), base=tmp_path)
     assert len(meter.poll()) == 5
     replacement = tmp_path / "site.csv.new"
     replacement.write_text("value,timestamp\n" + "42," + row(9, "")[:-2] + "\n", encoding="utf-8")
@@ -177,7 +181,9 @@ def test_csv_reads_every_csv_file_of_a_directory(tmp_path: Path) -> None:
     (folder / "a.csv").write_text(HEADER + row(0, "1"), encoding="utf-8")
     (folder / "b.csv").write_text(HEADER + row(1, "2") + row(2, "3"), encoding="utf-8")
     (folder / "notes.txt").write_text(HEADER + row(3, "999"), encoding="utf-8")
-    meter = CsvMeter("m1", CsvSettings(path="exports"), base=tmp_path)  # relative to base
+    meter = CsvMeter(
+        Route.own("m1"), CsvSettings(path="exports"), base=tmp_path
+    )  # relative to base
     assert meter.path == folder
     assert sorted(meter.poll()) == [reading(0, "1"), reading(1, "2"), reading(2, "3")]
     append(folder / "a.csv", row(4, "4"))
@@ -188,7 +194,7 @@ def test_csv_reads_every_csv_file_of_a_directory(tmp_path: Path) -> None:
 
 def test_csv_waits_for_a_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "later.csv"
-    meter = CsvMeter("m1", CsvSettings(path=str(path)), base=tmp_path)
+    meter = CsvMeter(Route.own("m1"), CsvSettings(path=str(path)), base=tmp_path)
     assert meter.poll() == []
     path.write_text(HEADER + row(0, "1"), encoding="utf-8")
     assert meter.poll() == [reading(0, "1")]
@@ -197,7 +203,7 @@ def test_csv_waits_for_a_missing_file(tmp_path: Path) -> None:
 async def test_csv_run_emits_rows_as_they_are_appended(tmp_path: Path) -> None:
     path = tmp_path / "live.csv"
     path.write_text(HEADER + row(0, "1"), encoding="utf-8")
-    meter = CsvMeter("m1", CsvSettings(path=str(path), poll_s=0.01), base=tmp_path)
+    meter = CsvMeter(Route.own("m1"), CsvSettings(path=str(path), poll_s=0.01), base=tmp_path)
     collect = Collector()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(meter.run, collect)
@@ -238,7 +244,7 @@ class Endpoint:
 @asynccontextmanager
 async def serving(endpoint: Endpoint) -> AsyncIterator[str]:
     """The endpoint on a free loopback port, in this trio run; yields its URL."""
-    app = Starlette(routes=[Route("/readings", endpoint.handle)])
+    app = Starlette(routes=[WebRoute("/readings", endpoint.handle)])
     config = Config()
     config.bind = ["127.0.0.1:0"]
     config.accesslog = None
@@ -256,7 +262,7 @@ async def serving(endpoint: Endpoint) -> AsyncIterator[str]:
 
 def quick_meter(url: str, **settings: Any) -> HttpMeter:
     meter = HttpMeter(
-        "m1", HttpSettings(url=url, interval_s=0.01, **settings), rng=random.Random(1)
+        Route.own("m1"), HttpSettings(url=url, interval_s=0.01, **settings), rng=random.Random(1)
     )
     meter._retry = Retrying(Backoff(base_s=0.005, cap_s=0.02), random.Random(1))
     return meter
@@ -337,7 +343,7 @@ async def test_http_retries_a_refused_connection_and_a_timeout() -> None:
 
 
 def test_http_parse_both_forms() -> None:
-    meter = HttpMeter("m1", HttpSettings(url="http://unused"), rng=random.Random(1))
+    meter = HttpMeter(Route.own("m1"), HttpSettings(url="http://unused"), rng=random.Random(1))
     entries = [entry(0, 1), entry(1, 2.5, "m1"), entry(2, 3, "other")]
     expected = [reading(0, "1"), reading(1, "2.5")]
     assert meter.parse(entries) == expected
@@ -345,6 +351,47 @@ def test_http_parse_both_forms() -> None:
     for body in ({"data": entries}, {"readings": {"a": 1}}, "text", 3):
         with pytest.raises(ValueError, match="expected a list of readings"):
             meter.parse(body)
+
+
+async def test_one_http_endpoint_answers_for_many_meters(tmp_path: Path) -> None:
+    """A shared endpoint: each entry to the meter it names (through the hub, into the store);
+    an unknown meter's entries dropped and logged once; an entry naming none is a bad entry."""
+    store = AsyncStore(Store.open(tmp_path / "f.db"))
+    meters = [MeterSettings(f"m{i}", "site-a") for i in range(1, 4)]
+    endpoint = Endpoint()
+    endpoint.answer(
+        {
+            "readings": [
+                entry(0, 1, "m1"),
+                entry(0, 2, "m2"),
+                entry(0, 3, "m3"),
+                entry(1, 1.5, "m1"),
+                entry(0, 9, "ghost"),
+                entry(0, 7),  # names no meter
+            ]
+        }
+    )
+    clock, _ = market_clock(T0)
+    with capture_logs() as logs:
+        async with serving(endpoint) as url:
+            sources = [HttpSettings(url=url, interval_s=0.01)]
+            hub = MeterHub(meters, store, clock=clock, base=tmp_path, sources=sources)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(hub.run)
+                await until(lambda: hub.readings == 4 and endpoint.requests >= 3)
+                nursery.cancel_scope.cancel()
+    window = (store_time(T0), store_time(T0 + timedelta(minutes=5)))
+    assert [store.sync.readings(f"m{i}", *window) for i in range(1, 4)] == [
+        [(store_time(T0), "1"), (store_time(T0 + timedelta(minutes=1)), "1.5")],
+        [(store_time(T0), "2")],
+        [(store_time(T0), "3")],
+    ]
+    assert store.sync.last_reading_at("ghost") is None
+    assert hub.unknown_readings >= 2  # one a poll: each counted, the id logged once
+    assert [e["meter"] for e in events(logs, "meter.unknown")] == ["ghost"]  # once, not a poll
+    bad = events(logs, "meter.bad_entry")
+    assert bad
+    assert all(e["source"] == "meter_sources[0]" and e["index"] == 5 for e in bad)
 
 
 # --- synthetic ----------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from flexbot.engine.killswitch import KillSwitch
 from flexbot.engine.orders import OrderTracker
 from flexbot.engine.settings import EngineSettings
 from flexbot.meters.csv_files import CsvMeter
-from flexbot.meters.source import CsvSettings
+from flexbot.meters.source import CsvSettings, Route
 
 pytestmark = pytest.mark.anyio
 
@@ -93,7 +93,7 @@ async def test_a_stalled_csv_file_holds_neither_the_loop_nor_a_cancel(
     tmp_path: Path, stalled: Callable[[Path], Path]
 ) -> None:
     path = stalled(tmp_path / "site.csv")
-    meter = CsvMeter("m1", CsvSettings(path=str(path), poll_s=0.01), base=tmp_path)
+    meter = CsvMeter(Route.own("m1"), CsvSettings(path=str(path), poll_s=0.01), base=tmp_path)
     emitted: list[Any] = []
 
     async def emit(batch: Any) -> None:

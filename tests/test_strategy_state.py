@@ -170,7 +170,11 @@ async def test_a_state_that_cannot_be_loaded_is_logged_and_the_strategy_starts_f
     store.save_strategy_state("flexseller", stored, "2026-11-23T09:00:00Z")
     store.close()
     params = seller.SellerParams(
-        floor_price=Decimal("0.15"), ask_price=Decimal("0.30"), windows_ahead=2, lead_s=0
+        floor_price=Decimal("0.15"),
+        ask_price=Decimal("0.30"),
+        capacity_w=Decimal(3000),
+        windows_ahead=2,
+        lead_s=0,
     )
     with capture_logs() as logs:
         async with running_engine(

@@ -29,4 +29,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"  strategy {spec.name}: {spec.cls.__name__} v{spec.version}{suffix}")
     enabled = sum(s.enabled for s in loaded.strategies)
     print(f"{len(loaded.strategies)} strategies, {enabled} enabled; store {loaded.store_path}")
+    if loaded.meters:
+        own = sum(m.source is not None for m in loaded.meters)
+        fed = len(loaded.meters) - own
+        shared = len(loaded.meter_sources)
+        print(f"meters: {own} with a source of their own, {fed} fed by {shared} shared source(s)")
+    assets = loaded.config.assets
+    if assets is not None:
+        broker = assets.mqtt
+        heard = f"discovered on {broker.host}:{broker.port} ({broker.prefix}/…)" if broker else ""
+        fixed = f"{len(loaded.fixed_assets)} with fixed limits" if loaded.fixed_assets else ""
+        nothing = "no broker and no catalogue: no asset can be known, every sell will be refused"
+        print(f"assets: {', '.join(p for p in (heard, fixed) if p) or nothing}")
     return 0

@@ -1,11 +1,13 @@
 """`flexbot demo [--duration S] [--time-scale X]`: the whole cycle in one process, in a minute.
 
-An embedded sandbox with simulated traders, a synthetic meter and the example strategies (the
-seller, with baselines built from the meter, and the buyer), at an accelerated clock: flexbot
-places orders, gets fills, submits baselines and metering, and sees contracts verified and
-settled. It writes its config into a temporary directory and loads it exactly as `flexbot run`
-does, prints a progress line every few seconds and a summary at the end, and exits 0. Ctrl-C ends
-it early, with the summary.
+An embedded sandbox with simulated traders, a simulated fleet (two sites, each with a battery and a
+load, announcing their state through the asset protocol on an in-process bus), a synthetic meter a
+site and the example strategies (the seller, offering what the fleet can deliver with baselines
+built from the pool's meters, and the buyer), at an accelerated clock: flexbot places orders, gets
+fills, submits baselines and metering, and sees contracts verified and settled. It writes its
+config into a temporary directory and loads it exactly as `flexbot run` does, prints a progress
+line every few seconds and a summary at the end, and exits 0. Ctrl-C ends it early, with the
+summary.
 """
 
 from __future__ import annotations
@@ -24,15 +26,19 @@ import trio
 import yaml
 
 from flexbot import config, daemon, model
+from flexbot.assets.link import LocalBus
 from flexbot.clock import MarketClock
 from flexbot.commands import UsageError, add_log_format
 from flexbot.parts import Parts
+from flexbot.sandbox.fleet import SimulatedFleet, demo_fleet
 from flexbot.sandbox.lifecycle import LifecycleRules
 from flexbot.sandbox.market import MarketSettings, SandboxMarket
 from flexbot.sandbox.server import ServerSettings, serve
+from flexbot.trading import Window
 
 STRATEGIES = Path(__file__).resolve().parents[2] / "strategies"
 USER = ("demo", "demo-password")
+POOL = ("site-1", "site-2")  # the seller's pool: the simulated fleet's sites
 PROGRESS_S = 5.0
 
 
@@ -62,12 +68,20 @@ def write_config(root: Path, base_url: str) -> Path:
         "engine": {"resolve_interval_s": 1},
         "meters": [
             {
-                "id": "site-1-main",
-                "location_id": "site-1",
-                "source": {"type": "synthetic", "seed": 2, "noise_w": 50, "history_days": 6},
+                "id": f"{site}-main",
+                "location_id": site,
+                "source": {
+                    "type": "synthetic",
+                    "seed": seed,
+                    "base_w": base_w,
+                    "noise_w": 50,
+                    "history_days": 6,
+                },
                 "baseline": {"method": "mean_of_days", "days": 5},
             }
+            for site, seed, base_w in (("site-1", 2, 10000), ("site-2", 3, 8000))
         ],
+        "assets": {"staleness_s": 120},
         "verification": {"settle_delay_s": 60, "max_wait_s": 600},
     }
     (root / "password").write_text(USER[1])
@@ -75,11 +89,11 @@ def write_config(root: Path, base_url: str) -> Path:
     seller = {
         "module": "seller",
         "class": "FlexSeller",
-        "location": {"location_id": ["site-1"]},
+        "location": {"location_id": list(POOL)},
         "params": {
             "floor_price": 0.10,
             "ask_price": 0.26,
-            "capacity_w": 1000,
+            "capacity_w": 2000,  # at most, of what the fleet can deliver: offers the bids meet
             "baseline_w": None,
             "windows_ahead": 6,
             "lead_s": 900,
@@ -120,15 +134,19 @@ async def _demo(duration: float, scale: float, seed: int, out: TextIO) -> int:
     sandbox_down = trio.Event()
     stop = trio.Event()
     seen: dict[str, Any] = {}
+    bus = LocalBus()
+    fleet = SimulatedFleet(demo_fleet(), clock, bus.publish, seed=seed)
     with tempfile.TemporaryDirectory(prefix="flexbot-demo-") as tmp:
         async with trio.open_nursery() as nursery:
             running = await nursery.start(
                 partial(serve, market, ServerSettings(port=0), shutdown=sandbox_down)
             )
             loaded = config.load(write_config(Path(tmp), running.base_url), environ={})
+            await nursery.start(fleet.run)
             print(
                 f"flexbot demo: a sandbox market at {running.base_url}, time x{scale:g}, "
-                f"6 simulated traders; strategies seller and buyer; running {duration:g} s",
+                f"6 simulated traders; a fleet of {len(fleet.assets)} assets at "
+                f"{len(POOL)} sites; strategies seller and buyer; running {duration:g} s",
                 file=out,
                 flush=True,
             )
@@ -149,6 +167,7 @@ async def _demo(duration: float, scale: float, seed: int, out: TextIO) -> int:
                         signals=False,
                         started=started,
                         finished=finished,
+                        assets_bus=bus,
                     )
                 finally:
                     sandbox_down.set()
@@ -160,6 +179,8 @@ async def _demo(duration: float, scale: float, seed: int, out: TextIO) -> int:
                         print("stopping early", file=out, flush=True)
                         break
             stop.set()
+            await sandbox_down.wait()
+            nursery.cancel_scope.cancel()  # the fleet goes on for ever
         if "summary" not in seen:
             print("flexbot demo: the daemon did not run to its end (see the log above)", file=out)
             return 1
@@ -211,6 +232,30 @@ async def gather(parts: Parts) -> dict[str, Any]:
         "verification_failed": statuses["verification_completed_failed"],
         "settled": statuses["settlement_completed_success"],
         "reconnects": sum(max(c.stats.connects - 1, 0) for c in parts.feed.consumers.values()),
+        **portfolio(parts),
+    }
+
+
+def portfolio(parts: Parts) -> dict[str, Any]:
+    """The fleet, and the pool's next two hours: what it can deliver, what is committed (offered
+    or sold), what is left; energies in kWh (W × the quarter hour)."""
+    if parts.fleet is None:
+        return {}
+    now = parts.clock.now()
+    windows = Window.upcoming(now, 8)
+    told = parts.engine.desk.deliverable(POOL, windows, dry_run=False, ratio=Decimal(1)) or []
+    quarter = Decimal("0.25") / 1000
+    sells = [i for i in parts.tracker if i.request.side is model.Side.SELL]
+    return {
+        "assets": len(parts.fleet.rooms(POOL, now)),
+        "sites": len(parts.fleet.by_site),
+        "capacity_kwh": sum((d.capacity_w for d in told), Decimal(0)) * quarter,
+        "committed_kwh": sum((d.committed_w for d in told), Decimal(0)) * quarter,
+        "available_kwh": sum((d.available_w for d in told), Decimal(0)) * quarter,
+        "offered_kwh": sum((i.request.power for i in sells), Decimal(0)) * quarter,
+        "sold_kwh": sum((i.order.filled_power for i in sells if i.order is not None), Decimal(0))
+        * quarter,
+        "refused_availability": parts.engine.counts.get("risk_rejected:availability", 0),
     }
 
 
@@ -225,4 +270,9 @@ async def summary(parts: Parts) -> list[str]:
         f"  contracts    {f['verified']} verified, {f['verification_failed']} failed "
         f"verification, {f['settled']} settled",
         f"  streams      {f['reconnects']} reconnects",
+        f"  fleet        {f['assets']} assets at {f['sites']} sites; next 2 h: "
+        f"{f['capacity_kwh']:.2f} kWh deliverable, {f['committed_kwh']:.2f} kWh offered or sold, "
+        f"{f['available_kwh']:.2f} kWh free",
+        f"  offers       {f['offered_kwh']:.2f} kWh offered in all, {f['sold_kwh']:.2f} kWh sold; "
+        f"{f['refused_availability']} refused as beyond what the fleet could deliver",
     ]

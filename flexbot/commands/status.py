@@ -2,8 +2,10 @@
 
 The store is SQLite in WAL mode, so this reads it safely while the daemon runs (or after it
 stopped). It shows the strategies of the config, the kill switch, open and unknown orders, recent
-fills, contracts waiting for metering or verification, the outbox backlog and each meter's last
-reading.
+fills, contracts waiting for metering or verification, the outbox backlog, and per site: its
+meters (last reading), its assets (what they last said, and how long ago: the daemon keeps it in
+the store) and, with a portfolio (`assets`), what the site can deliver in the next windows against
+what is committed there.
 """
 
 from __future__ import annotations
@@ -13,11 +15,15 @@ import sqlite3
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from flexbot import config, model, wire
+from flexbot.assets import Asset, Fleet
 from flexbot.commands import add_config_option, add_log_format, load_config
 from flexbot.engine import killswitch
+from flexbot.engine.deliverable import pool_rooms
+from flexbot.engine.orders import Intent
 from flexbot.problems import Invalid
 from flexbot.store import (
     DAEMON,
@@ -29,10 +35,14 @@ from flexbot.store import (
     is_store_fault,
     lock,
 )
+from flexbot.trading import Window
 
 NOT_RUNNING = lock.Holder(held=False)
 
 RECENT_FILLS = 10
+STATUS_WINDOWS = 4  # upcoming windows shown per site
+METERS_LISTED = 5  # a site with more meters is summed up in one line
+SAVED_AT = "assets.saved_at"  # the market time at which the daemon last saved its fleet
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -155,12 +165,87 @@ def report(
     by_state = Counter(r.state for r in outbox.values())
     age = f", oldest {time.time() - oldest:.0f} s" if oldest is not None else ""
     out.append(f"outbox: {pending} pending{age} ({_counts(by_state) or 'empty'})")
-    if loaded.meters:
-        out += ["", "meters"]
-        for meter in loaded.meters:
-            seen = store.last_reading_at(meter.id)
-            out.append(f"  {meter.id:<16} {meter.location_id:<12} last reading {seen or 'none'}")
+    now = datetime.now(UTC)
+    saved_at = store.flag(SAVED_AT)
+    if loaded.config.market.clock == "sandbox" and saved_at is not None:
+        now = wire.parse_datetime(saved_at)  # the sandbox's market time, not the wall's
+    out += sites(loaded, store, [Intent.from_row(row) for row, _ in orders], now=now)
     return out
+
+
+def sites(
+    loaded: config.LoadedConfig, store: Store, intents: Sequence[Intent], *, now: datetime
+) -> list[str]:
+    """Per site: its meters (last reading, age), its assets (state age, power, energy) and, with
+    a portfolio, what it can deliver in the next windows against what is committed there."""
+    settings = loaded.config.assets
+    fleet = None
+    if settings is not None:
+        fleet = Fleet(settings, loaded.fixed_assets)
+        for site, name, state, availability, _ in store.assets():
+            fleet.restore(site, name, state, availability)
+    by_site: dict[str, list[str]] = {}
+    meters: dict[str, list[tuple[str, str | None]]] = {}
+    for meter in loaded.meters:
+        meters.setdefault(meter.location_id, []).append((meter.id, store.last_reading_at(meter.id)))
+    for site, seen in meters.items():
+        lines = by_site.setdefault(site, [])
+        if len(seen) > METERS_LISTED:  # a site of many meters: how many, and the stalest
+            silent = sum(1 for _, at in seen if at is None)
+            read = [at for _, at in seen if at is not None]
+            oldest = min(read) if read else None
+            age = f" ({_age(now, wire.parse_datetime(oldest))})" if oldest else ""
+            lines.append(
+                f"    meters {len(seen)}, {silent} without a reading; "
+                f"oldest last reading {oldest or 'none'}{age}"
+            )
+            continue
+        for meter_id, at in seen:
+            age = f" ({_age(now, wire.parse_datetime(at))})" if at else ""
+            lines.append(f"    meter  {meter_id:<16} last reading {at or 'none'}{age}")
+    if fleet is not None:
+        for asset in fleet.assets():
+            by_site.setdefault(asset.site, []).append(_asset_line(fleet, asset, now))
+    if not by_site:
+        return []
+    out = ["", "sites"]
+    windows = Window.upcoming(now, STATUS_WINDOWS)
+    for site in sorted(by_site):
+        out.append(f"  {site}")
+        out += by_site[site]
+        if fleet is not None:
+            rooms = pool_rooms(fleet, intents, [site], windows, now=now, dry_run=False)
+            for window in windows:
+                risk, room, _ = rooms[window]
+                out.append(
+                    f"    {window.start:%H:%M}  {room.capacity_w / 1000:>7.2f} kW deliverable, "
+                    f"{risk.committed_w / 1000:>7.2f} kW committed, "
+                    f"{room.free_w / 1000:>7.2f} kW free"
+                )
+    return out
+
+
+def _asset_line(fleet: Fleet, asset: Asset, now: datetime) -> str:
+    if asset.fixed is not None:
+        return f"    asset  {asset.name:<16} fixed     {asset.fixed.power_w:>8.0f} W of reduction"
+    state = asset.state
+    if state is None:
+        return f"    asset  {asset.name:<16} no readable state"
+    energy = f", {state.energy_wh:.0f} Wh" if state.energy_wh is not None else ""
+    fresh = "" if fleet.fresh(asset, now) else ", STALE: offers nothing"
+    return (
+        f"    asset  {asset.name:<16} {state.kind:<9} {state.power_w:>8.0f} W{energy}, "
+        f"state {_age(now, state.ts)}{fresh}"
+    )
+
+
+def _age(now: datetime, then: datetime) -> str:
+    seconds = (now - then).total_seconds()
+    if abs(seconds) < 120:
+        return f"{seconds:.0f} s ago"
+    if abs(seconds) < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
 
 
 def _state(row: JournalRow, running: bool) -> str:

@@ -26,14 +26,24 @@ import attrs
 import trio
 
 from flexbot import logs, model, rules, wire
+from flexbot.assets import Fleet
 from flexbot.clock import Clock
+from flexbot.engine.deliverable import deliverable, pool_rooms
 from flexbot.engine.loader import StrategySpec
 from flexbot.engine.orders import Change, DuplicateIntent, Intent, OrderTracker
 from flexbot.engine.paper import PaperBroker
-from flexbot.engine.risk import Exposure, OrderRate, Rejection, RiskLimits, TradingState, check
+from flexbot.engine.risk import (
+    Exposure,
+    OrderRate,
+    PoolRoom,
+    Rejection,
+    RiskLimits,
+    TradingState,
+    check,
+)
 from flexbot.engine.settings import EngineSettings
 from flexbot.market import Conflict, MarketError, NotFound, OutcomeUnknown
-from flexbot.trading import IntentState, OwnOrder, Window
+from flexbot.trading import Deliverable, IntentState, OwnOrder, Window
 
 log = logs.get_logger("flexbot.engine.desk")
 
@@ -75,8 +85,10 @@ class OrderDesk:
         deliver: Deliver,  # every change to an own order goes out through it (the engine)
         unknown_found: Callable[[], None],  # wakes the resolver
         counts: Counter[str],
+        fleet: Fleet | None = None,  # the portfolio: sells are checked against what it can deliver
     ) -> None:
         self.settings = settings
+        self.fleet = fleet
         self.clock = clock
         self.tracker = tracker
         self.broker = broker
@@ -195,6 +207,13 @@ class OrderDesk:
             return Rejection("trading_state", f"strategy is {placer.state}", placer.name)
         window = Window.of(request)
         country = request.location.country_code
+        pool: PoolRoom | None = None
+        if self.fleet is not None and request.side is model.Side.SELL:
+            sites = request.location.location_id
+            rooms = pool_rooms(
+                self.fleet, self.tracker, sites, [window], now=self.clock.now(), dry_run=dry_run
+            )
+            pool = rooms[window][0]
         for scope, scope_limits, strategy, rate in (
             (placer.name, placer.spec.risk, placer.name, self._strategy_rates[placer.name]),
             ("global", limits, None, self._rate),
@@ -206,11 +225,73 @@ class OrderDesk:
                     window, strategy=strategy, country=country, dry_run=dry_run
                 ),
                 orders_last_minute=rate.count(),
+                pool=pool,
             )
             rejection = check(request, scope_limits, exposure, scope=scope)
             if rejection is not None:
                 return rejection
         return None
+
+    def deliverable(
+        self,
+        sites: Sequence[str | None],
+        windows: Sequence[Window],
+        *,
+        dry_run: bool,
+        ratio: Decimal,
+    ) -> list[Deliverable] | None:
+        """What the pool of `sites` can still deliver in each window (None: no portfolio)."""
+        if self.fleet is None:
+            return None
+        now = self.clock.now()
+        ratio = min(ratio, self.limits.max_commit_ratio)
+        return deliverable(
+            self.fleet, self.tracker, sites, windows, now=now, ratio=ratio, dry_run=dry_run
+        )
+
+    async def withdraw_undeliverable(self) -> int:
+        """Cancel open sells (what is not filled of them) where the assets can no longer serve
+        what is committed (a state went stale, a battery ran low): in each window and pool, the
+        newest first, until the rest is within `max_commit_ratio` of what they can deliver.
+        Returns how many were asked to cancel."""
+        if self.fleet is None or self.halted:
+            return 0
+        now = self.clock.now()
+        groups: defaultdict[tuple[Window, tuple[str | None, ...], bool], list[Intent]] = (
+            defaultdict(list)
+        )
+        for intent in self.tracker.live():
+            request = intent.request
+            on_book = intent.state is IntentState.OPEN and request.delivery_start > now
+            if request.side is model.Side.SELL and on_book:
+                key = (Window.of(request), request.location.location_id, intent.dry_run)
+                groups[key].append(intent)
+        asked = 0
+        for (window, sites, dry_run), intents in groups.items():
+            rooms = pool_rooms(self.fleet, self.tracker, sites, [window], now=now, dry_run=dry_run)
+            pool = rooms[window][0]
+            excess = pool.committed_w - self.limits.max_commit_ratio * pool.servable_w
+            for intent in sorted(intents, key=lambda i: i.created_at, reverse=True):
+                if excess <= 0:
+                    break
+                remaining = intent.snapshot().remaining_power_w
+                log.warning(
+                    "availability.withdrawn",
+                    **describe(intent),
+                    committed_w=float(pool.committed_w),
+                    deliverable_w=float(pool.servable_w),
+                )
+                self._counts["withdrawn"] += 1
+                await self.cancel(intent.client_id)
+                excess -= remaining
+                asked += 1
+        return asked
+
+    async def watch_availability(self, every_s: float) -> None:
+        """`withdraw_undeliverable`, every `every_s` (wall seconds), for ever."""
+        while True:
+            await trio.sleep(every_s)
+            await self.withdraw_undeliverable()
 
     def _refused(self, name: str, request: model.OrderRequest, rejection: Rejection) -> OwnOrder:
         log.warning(

@@ -21,6 +21,7 @@ import attrs
 import trio
 
 from flexbot import logs, model, wire
+from flexbot.assets import Fleet
 from flexbot.clock import Clock, MarketClock
 from flexbot.engine import killswitch
 from flexbot.engine.desk import Broker, OrderDesk, describe
@@ -43,6 +44,9 @@ log = logs.get_logger("flexbot.engine")
 STOP_CALLBACK_S = 5.0  # at shutdown: on_stop, and orders still being sent, get this long
 
 
+WITHDRAW_EVERY_S = 5.0  # at most between two looks for offers the assets can no longer deliver
+
+
 class Engine:
     def __init__(
         self,
@@ -56,6 +60,7 @@ class Engine:
         kill_switch: KillSwitch | None = None,
         observers: Sequence[Callable[[Change], None]] = (),
         states: StateKeeper | None = None,  # where strategies keep their state; None: nowhere
+        fleet: Fleet | None = None,  # the portfolio's assets: sells are checked against them
     ) -> None:
         if broker is None and not settings.dry_run:
             raise ValueError("a live engine needs a broker (the market client)")
@@ -78,6 +83,7 @@ class Engine:
             deliver=self._deliver,
             unknown_found=self.resolver.wake,
             counts=self.counts,
+            fleet=fleet,
         )
         self.paper = self.desk.paper
         self.runners: dict[str, StrategyRunner] = {}
@@ -123,6 +129,10 @@ class Engine:
                     killswitch.watch, self.kill_switch, self.desk, self.settings.kill_switch_poll_s
                 )
                 nursery.start_soon(self._tick_paper)
+                fleet = self.desk.fleet
+                if fleet is not None:
+                    every_s = min(WITHDRAW_EVERY_S, fleet.settings.staleness_s / 4)
+                    nursery.start_soon(self.desk.watch_availability, every_s)
             log.info(
                 "engine.started",
                 strategies=sorted(self.runners),

@@ -22,7 +22,7 @@ older report (`updated_at`) never replaces a newer one, and contracts are merged
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -204,6 +204,8 @@ class OrderTracker:
         self._unresolved: dict[str, Intent] = {}
         self._settled: dict[Window, dict[_PartKey, Decimal]] = {}
         self._settled_part: dict[str, tuple[Window, _PartKey, Decimal]] = {}
+        # Every sell in memory, by client id: what the assets are committed to (`committed_sells`).
+        self._sells: dict[str, Intent] = {}
         # Contract reports for orders not known yet (an unknown intent's order), by order id.
         self._orphan_contracts: dict[str, list[model.Contract]] = {}
 
@@ -225,6 +227,8 @@ class OrderTracker:
 
     def _add(self, intent: Intent) -> None:
         self._intents[intent.client_id] = intent
+        if intent.request.side is model.Side.SELL:
+            self._sells[intent.client_id] = intent
         if intent.order_id is not None:
             self._by_order_id[intent.order_id] = intent
         self._reindex(intent)
@@ -334,6 +338,12 @@ class OrderTracker:
                 sold += own.filled_power_w
                 open_sell += own.remaining_power_w
         return Position(bought, sold, open_buy, open_sell)
+
+    def committed_sells(
+        self, sites: Collection[str], *, after: datetime, dry_run: bool | None = None
+    ) -> dict[Window, Decimal]:
+        """W of sells at any of `sites` per window ending after `after` (`committed_sells`)."""
+        return committed_sells(self._sells.values(), sites, after=after, dry_run=dry_run)
 
     # --- the intent's own path ------------------------------------------------------------------
 
@@ -510,6 +520,7 @@ class OrderTracker:
         ]
         for intent in gone:
             del self._intents[intent.client_id]
+            self._sells.pop(intent.client_id, None)
             if intent.order_id is not None:
                 self._by_order_id.pop(intent.order_id, None)
             self._unsettle(intent.client_id)
@@ -563,6 +574,32 @@ def _with_contract(order: model.Order | None, contract: model.Contract) -> model
     return attrs.evolve(order, contracts=_union([contract], order.contracts))
 
 
+def committed_sells(
+    intents: Iterable[Intent],
+    sites: Collection[str],
+    *,
+    after: datetime,
+    dry_run: bool | None = None,
+) -> dict[Window, Decimal]:
+    """W of the sells among `intents` at any of `sites`, per window ending after `after`: filled,
+    and still open (or maybe open: unknown). A sell naming several sites counts whole for each."""
+    out: dict[Window, Decimal] = {}
+    for intent in intents:
+        request = intent.request
+        if request.side is not model.Side.SELL or request.delivery_end <= after:
+            continue
+        if dry_run is not None and intent.dry_run != dry_run:
+            continue
+        if not any(site in sites for site in request.location.location_id):
+            continue
+        filled = intent.order.filled_power if intent.order is not None else Decimal(0)
+        power = max(request.power, filled) if intent.state.is_live else filled
+        if power:
+            window = Window.of(request)
+            out[window] = out.get(window, Decimal(0)) + power
+    return out
+
+
 def lapse_due(intent: Intent, now: datetime, grace: timedelta) -> bool:
     """An unknown intent whose expiry (and a grace for late reports) has passed can no longer
     trade: if it was placed, it expired unseen."""
@@ -580,7 +617,8 @@ def sold_power(tracker: OrderTracker) -> Callable[[str, datetime], Decimal]:
             if request.side != "sell" or location_id not in request.location.location_id:
                 continue
             if Window.of(request).start <= at < Window.of(request).end and intent.order:
-                total += intent.order.filled_power
+                # A pool's sites share what it sold (the synthetic meters' stand-in for dispatch).
+                total += intent.order.filled_power / len(request.location.location_id)
         return total
 
     return delivering

@@ -54,6 +54,10 @@ class RiskLimits:
     max_orders_per_minute: int | None = _positive
     countries: tuple[str, ...] | None = None  # allowed country codes ("" = none given)
     locations: tuple[str, ...] | None = None  # allowed location ids
+    # Sells: open plus sold reduction for a window and pool at most this share of what its
+    # assets can deliver (only where the portfolio is on: an `assets` section). Above 1:
+    # overbooking, for offers that will not all sell.
+    max_commit_ratio: Decimal = attrs.field(default=Decimal(1), validator=positive)
 
     def __attrs_post_init__(self) -> None:
         if (
@@ -65,6 +69,15 @@ class RiskLimits:
 
 
 @frozen
+class PoolRoom:
+    """A sell's pool in its window: the reduction committed there (sold, and open), and what its
+    assets could serve there, other windows' commitments served first (W)."""
+
+    committed_w: Decimal
+    servable_w: Decimal
+
+
+@frozen
 class Exposure:
     """What a scope already has on the market, as the check needs it."""
 
@@ -72,6 +85,7 @@ class Exposure:
     window: Position = Position()  # the intent's window, all countries
     country_window: Position = Position()  # the intent's window and country
     orders_last_minute: int = 0
+    pool: PoolRoom | None = None  # a sell's, when the portfolio is on
 
 
 @frozen
@@ -129,6 +143,15 @@ def check(
     ):
         if cap is not None and committed_w(position) + request.power > cap:
             return no(limit, f"{committed_w(position)} W committed + {request.power} W > {cap} W")
+    pool = exposure.pool
+    if pool is not None and request.side is model.Side.SELL:
+        cap = limits.max_commit_ratio * pool.servable_w
+        if pool.committed_w + request.power > cap:
+            return no(
+                "availability",
+                f"{pool.committed_w} W committed + {request.power} W > {limits.max_commit_ratio}"
+                f" × {pool.servable_w} W the assets can deliver",
+            )
     if limits.max_open_orders is not None and exposure.open_orders + 1 > limits.max_open_orders:
         return no(
             "max_open_orders", f"{exposure.open_orders} open, at most {limits.max_open_orders}"

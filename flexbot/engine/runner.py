@@ -39,7 +39,7 @@ from flexbot.engine.states import StateKeeper
 from flexbot.engine.view import MarketView
 from flexbot.store import StoreFailed
 from flexbot.strategy import API_VERSION, Logger, Strategy
-from flexbot.trading import OwnOrder, Position, Window
+from flexbot.trading import Deliverable, OwnOrder, Position, Window
 
 log = logs.get_logger("flexbot.engine.runner")
 
@@ -300,6 +300,17 @@ class RunnerContext:
 
     def position(self, window: Window) -> Position:
         return self._engine.tracker.position(window, strategy=self.name)
+
+    def deliverable(
+        self, windows: Sequence[Window], sites: Sequence[str] | None = None
+    ) -> list[Deliverable] | None:
+        spec = self._runner.spec
+        return self._engine.desk.deliverable(
+            spec.location.location_id if sites is None else sites,
+            windows,
+            dry_run=self._engine.desk.settings.dry_run or spec.dry_run,
+            ratio=spec.risk.max_commit_ratio,
+        )
 
     async def place(
         self,

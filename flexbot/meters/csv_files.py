@@ -1,11 +1,16 @@
 """The CSV source: a file, or a directory of `*.csv` files, that another system appends to.
 
-Columns (a header row names them): `timestamp` (ISO 8601 with a zone), `value`, and optionally
-`meter_id` (rows of other meters are skipped). New rows are picked up as they appear: each file is
-read from where the last poll stopped, only up to its last complete line (a row being written is
-read next time); a file that shrank was replaced and is read again from the start (readings
-already held are kept once: the store keys them by meter and time). A bad row is logged with its
-file and line and skipped; it never stops the source.
+Columns (a header row names them): `timestamp` (ISO 8601 with a zone), `value`, and `meter_id`.
+A meter's own source (`Route.own`) may leave `meter_id` out, and skips the rows of other meters; a
+shared source (`Route.of_source`, e.g. a directory of exports for thousands of meters) gives each
+row to the meter it names, and a row naming none is a bad row (a file with no `meter_id` column at
+all is logged once, at its header, and its rows skipped).
+
+New rows are picked up as they appear: each file is read from where the last poll stopped, only up
+to its last complete line (a row being written is read next time); a file that shrank was
+replaced and is read again from the start (readings already held are kept once: the store keys
+them by meter and time). A bad row is logged with its file and line and skipped; it never stops
+the source.
 
 A poll (listing, stat, open, read, parse) is file I/O, which may be slow (a network share): each
 runs whole in one worker thread, off the event loop, abandoned if the source is cancelled
@@ -21,15 +26,15 @@ from pathlib import Path
 import trio
 
 from flexbot import logs, wire
-from flexbot.meters.source import CsvSettings, Emit, Reading
+from flexbot.meters.source import CsvSettings, Emit, Reading, Route
 from flexbot.problems import Invalid
 
 log = logs.get_logger("flexbot.meters.csv")
 
 
 class CsvMeter:
-    def __init__(self, meter_id: str, settings: CsvSettings, base: Path) -> None:
-        self.meter_id = meter_id
+    def __init__(self, route: Route, settings: CsvSettings, base: Path) -> None:
+        self.route = route
         self.settings = settings
         path = Path(settings.path)
         self.path = path if path.is_absolute() else base / path
@@ -61,7 +66,7 @@ class CsvMeter:
                 handle.seek(offset)
                 chunk = handle.read(size - offset)
         except OSError as exc:
-            log.warning("meter.read_failed", meter=self.meter_id, path=str(file), reason=str(exc))
+            log.warning("meter.read_failed", **self.route.fields, path=str(file), reason=str(exc))
             return []
         complete = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits
         self._offsets[file] = offset + len(complete)
@@ -74,29 +79,41 @@ class CsvMeter:
                 continue
             fields = next(csv.reader(io.StringIO(line)))
             if file not in self._headers:
-                self._headers[file] = [f.strip() for f in fields]
+                self._headers[file] = header = [f.strip() for f in fields]
+                if self.route.shared and "meter_id" not in header:
+                    log.warning(
+                        "meter.bad_row",
+                        **self.route.fields,
+                        path=str(file),
+                        line=self._lines[file],
+                        reason="no meter_id column: a shared source's rows must name their meter",
+                    )
                 continue
+            if self.route.shared and "meter_id" not in self._headers[file]:
+                continue  # said once, at the header
             reading = self._row(file, dict(zip(self._headers[file], fields, strict=False)))
             if reading is not None:
                 rows.append(reading)
         return rows
 
     def _row(self, file: Path, row: dict[str, str]) -> Reading | None:
-        if row.get("meter_id", self.meter_id).strip() != self.meter_id:
-            return None
+        named = row.get("meter_id")
         try:
+            meter = self.route.meter_for(None if named is None else named.strip())
+            if meter is None:
+                return None  # another meter's row
             at = wire.parse_datetime(row.get("timestamp", "").strip())
             value = wire.to_decimal(float(row.get("value", "").strip()))
         except (Invalid, ValueError, TypeError) as exc:
             log.warning(
                 "meter.bad_row",
-                meter=self.meter_id,
+                **self.route.fields,
                 path=str(file),
                 line=self._lines.get(file, 0),
                 reason=str(exc)[:200],
             )
             return None
-        return Reading(self.meter_id, at, value)
+        return Reading(meter, at, value)
 
     async def run(self, emit: Emit) -> None:
         while True:

@@ -1,8 +1,10 @@
 """The HTTP source: polls a JSON endpoint on an interval, with a timeout and backoff.
 
 The answer is a list of `{"timestamp": ISO, "value": number[, "meter_id": id]}` or an object
-`{"readings": [...]}`. A failed poll (network, non-2xx, bad JSON) is logged and retried with capped,
-fully jittered backoff; entries that cannot be read are logged and skipped.
+`{"readings": [...]}`. A meter's own endpoint may leave `meter_id` out (entries of other meters are
+skipped); a shared one (one endpoint answering for many meters) names the meter in every entry, an
+entry naming none being a bad entry. A failed poll (network, non-2xx, bad JSON) is logged and
+retried with capped, fully jittered backoff; entries that cannot be read are logged and skipped.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import trio
 
 from flexbot import logs, wire
 from flexbot.backoff import Backoff, Retrying
-from flexbot.meters.source import Emit, HttpSettings, Reading
+from flexbot.meters.source import Emit, HttpSettings, Reading, Route
 from flexbot.problems import Invalid
 
 log = logs.get_logger("flexbot.meters.http")
@@ -23,9 +25,9 @@ log = logs.get_logger("flexbot.meters.http")
 
 class HttpMeter:
     def __init__(
-        self, meter_id: str, settings: HttpSettings, *, rng: random.Random | None = None
+        self, route: Route, settings: HttpSettings, *, rng: random.Random | None = None
     ) -> None:
-        self.meter_id = meter_id
+        self.route = route
         self.settings = settings
         self._retry = Retrying(Backoff(base_s=1.0, cap_s=60.0), rng or random.Random())
 
@@ -37,15 +39,17 @@ class HttpMeter:
         for index, entry in enumerate(entries):
             if not isinstance(entry, dict):
                 continue
-            if str(entry.get("meter_id", self.meter_id)) != self.meter_id:
-                continue
+            named = entry.get("meter_id")
             try:
+                meter = self.route.meter_for(None if named is None else str(named))
+                if meter is None:
+                    continue  # another meter's entry
                 at = wire.parse_datetime(str(entry.get("timestamp")))
                 value = wire.to_decimal(entry.get("value"))
             except (Invalid, ValueError, TypeError) as exc:
-                log.warning("meter.bad_entry", meter=self.meter_id, index=index, reason=str(exc))
+                log.warning("meter.bad_entry", **self.route.fields, index=index, reason=str(exc))
                 continue
-            out.append(Reading(self.meter_id, at, value))
+            out.append(Reading(meter, at, value))
         return out
 
     async def poll(self, http: httpx.AsyncClient) -> list[Reading]:
@@ -63,7 +67,7 @@ class HttpMeter:
                     delay = self._retry.next_delay()
                     log.warning(
                         "meter.poll_failed",
-                        meter=self.meter_id,
+                        **self.route.fields,
                         reason=_reason(exc),
                         retry_in_s=round(delay, 2),
                     )

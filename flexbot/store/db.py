@@ -375,6 +375,35 @@ class Store:
 
     # --- strategies' states (`Strategy.save_state`) ---------------------------------------------
 
+    def save_assets(self, rows: Sequence[tuple[str, str, str | None, str | None]], at: str) -> None:
+        """(site, asset, state, availability) of the assets that changed; a row with neither
+        message is an asset gone. `at` (market time) is kept as the flag `assets.saved_at`."""
+        with transaction(self._db):
+            self._db.execute(
+                "INSERT INTO flags (name, value, set_at) VALUES ('assets.saved_at', ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value, set_at = excluded.set_at",
+                (at, at),
+            )
+            for site, asset, state, availability in rows:
+                if state is None and availability is None:
+                    self._db.execute(
+                        "DELETE FROM asset_state WHERE site = ? AND asset = ?", (site, asset)
+                    )
+                    continue
+                self._db.execute(
+                    "INSERT OR REPLACE INTO asset_state VALUES (?, ?, ?, ?, ?)",
+                    (site, asset, state, availability, at),
+                )
+
+    def assets(self) -> list[tuple[str, str, str | None, str | None, str]]:
+        """Every asset's last messages: (site, asset, state, availability, saved_at)."""
+        return list(
+            self._db.execute(
+                "SELECT site, asset, state, availability, saved_at FROM asset_state"
+                " ORDER BY site, asset"
+            )
+        )
+
     def strategy_state(self, name: str) -> str | None:
         """The state strategy `name` saved last (JSON text), None if it saved none."""
         found = self._db.execute(

@@ -84,6 +84,18 @@ MIGRATIONS: Sequence[str] = (
         PRIMARY KEY (meter_id, end_at)
     ) WITHOUT ROWID;
     """,
+    # What each asset last said (its `state` and `availability` messages, as received), so that
+    # `flexbot status` sees the fleet without asking the daemon; written a batch a few seconds.
+    """
+    CREATE TABLE asset_state (
+        site         TEXT NOT NULL,
+        asset        TEXT NOT NULL,
+        state        TEXT,           -- the last readable `state` message (JSON)
+        availability TEXT,           -- the last readable `availability` message (JSON)
+        saved_at     TEXT NOT NULL,  -- market time, ISO 8601 UTC
+        PRIMARY KEY (site, asset)
+    ) WITHOUT ROWID;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)  # of this flexbot (tests may patch MIGRATIONS)
 DAEMON = "daemon"

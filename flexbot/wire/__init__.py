@@ -23,7 +23,13 @@ from flexbot.wire.convert import (
     unstructure,
 )
 from flexbot.wire.fastbook import fast_book_update
-from flexbot.wire.scalars import decimal_to_json, format_datetime, parse_datetime, to_decimal
+from flexbot.wire.scalars import (
+    decimal_to_json,
+    describe,
+    format_datetime,
+    parse_datetime,
+    to_decimal,
+)
 
 __all__ = [
     "CONVERTER",
@@ -31,6 +37,7 @@ __all__ = [
     "attrs_has",
     "decimal_to_json",
     "decode",
+    "describe",
     "dumps",
     "fast_book_update",
     "format_datetime",

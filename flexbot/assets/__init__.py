@@ -1,0 +1,25 @@
+"""The asset half: what the sites' assets say (`protocol`), the fleet of them (`fleet`), what they
+can deliver (`model`), and how flexbot hears them (`link`). Import the names below from here."""
+
+from flexbot.assets.catalogue import parse as parse_catalogue
+from flexbot.assets.fleet import Asset, Fleet, age_s
+from flexbot.assets.model import Room, WindowRoom, plan, whole_watts
+from flexbot.assets.protocol import AssetKind, AssetState, Availability, WindowOffer
+from flexbot.assets.settings import AssetBroker, AssetSettings
+
+__all__ = [
+    "Asset",
+    "AssetBroker",
+    "AssetKind",
+    "AssetSettings",
+    "AssetState",
+    "Availability",
+    "Fleet",
+    "Room",
+    "WindowOffer",
+    "WindowRoom",
+    "age_s",
+    "parse_catalogue",
+    "plan",
+    "whole_watts",
+]
