@@ -29,6 +29,14 @@ BENCHES: list[tuple[str, list[str], list[str]]] = [
     ("outbox", [], ["--orders", "50"]),
     ("store_size", [], ["--meters", "5", "--days", "2"]),
     ("fanout", [], ["--clients", "20", "--updates", "50"]),
+    (
+        "portfolio",
+        [],
+        [
+            *("--meters", "2000", "--assets", "200", "--duration", "10"),
+            *("--warm-up", "2", "--idle", "2", "--ceiling", "20000", "--runs", "3"),
+        ],
+    ),
 ]
 
 

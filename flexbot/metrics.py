@@ -52,7 +52,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from flexbot import logs
-from flexbot.engine.deliverable import pool_rooms
+from flexbot.engine.deliverable import site_rooms
 from flexbot.parts import Parts, backlogs
 from flexbot.trading import IntentState, Window
 
@@ -232,11 +232,13 @@ def portfolio_metrics(parts: Parts) -> Iterator[Metric]:
         for name in ("deliverable", "committed", "free")
     }
     windows = Window.upcoming(now, SITE_WINDOWS)
-    for site in sorted(fleet.by_site):
+    sites = sorted(fleet.by_site)
+    by_site = site_rooms(fleet, parts.tracker, sites, windows, now=now, dry_run=False)
+    for site in sites:
         fresh = sum(1 for a in fleet.assets([site]) if fleet.fresh(a, now))
         assets.add_metric([site, "fresh"], fresh)
         assets.add_metric([site, "stale"], len(fleet.by_site[site]) - fresh)
-        rooms = pool_rooms(fleet, parts.tracker, [site], windows, now=now, dry_run=False)
+        rooms = by_site[site]
         for index, window in enumerate(windows):
             risk, room, _ = rooms[window]
             label = [site, str(index)]

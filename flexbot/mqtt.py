@@ -178,6 +178,10 @@ class MqttLink:
                 else:
                     await trio.lowlevel.wait_readable(sock)
                     rc = self._read_burst(client)
+                    if not rc and client.want_write():
+                        # The burst's acknowledgements, written now (the socket takes them at
+                        # once, or paho keeps the rest): not a loop pass and a wait for each.
+                        rc = client.loop_write()
             if trio.current_time() >= next_misc and client.socket() is sock:
                 if client.loop_misc() or client.socket() is not sock:  # no CONNACK or PINGRESP
                     rc = MQTTErrorCode.MQTT_ERR_KEEPALIVE

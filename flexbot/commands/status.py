@@ -22,7 +22,7 @@ from flexbot import config, model, wire
 from flexbot.assets import Asset, Fleet
 from flexbot.commands import add_config_option, add_log_format, load_config
 from flexbot.engine import killswitch
-from flexbot.engine.deliverable import pool_rooms
+from flexbot.engine.deliverable import site_rooms
 from flexbot.engine.orders import Intent
 from flexbot.problems import Invalid
 from flexbot.store import (
@@ -210,11 +210,16 @@ def sites(
         return []
     out = ["", "sites"]
     windows = Window.upcoming(now, STATUS_WINDOWS)
+    rooms_of = (
+        site_rooms(fleet, intents, by_site, windows, now=now, dry_run=False)
+        if fleet is not None
+        else {}
+    )
     for site in sorted(by_site):
         out.append(f"  {site}")
         out += by_site[site]
         if fleet is not None:
-            rooms = pool_rooms(fleet, intents, [site], windows, now=now, dry_run=False)
+            rooms = rooms_of[site]
             for window in windows:
                 risk, room, _ = rooms[window]
                 out.append(

@@ -9,14 +9,16 @@ again), and on the safe side for those that do.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from decimal import ROUND_FLOOR, Decimal
 
 from flexbot.assets import Fleet, WindowRoom, plan, whole_watts
-from flexbot.engine.orders import Intent, OrderTracker, committed_sells
+from flexbot.engine.orders import Intent, OrderTracker, committed_sells, sell_commitments
 from flexbot.engine.risk import PoolRoom
 from flexbot.trading import Deliverable, Window
+
+Rooms = dict[Window, tuple[PoolRoom, WindowRoom, int]]
 
 
 def pool_rooms(
@@ -27,7 +29,7 @@ def pool_rooms(
     *,
     now: datetime,
     dry_run: bool | None = None,
-) -> dict[Window, tuple[PoolRoom, WindowRoom, int]]:
+) -> Rooms:
     """Each window's room for the pool of `sites`: as the risk check reads it, as the model
     planned it, and the number of assets counted. The sells are the tracker's (the daemon), or
     any intents (`flexbot status`, from the journal)."""
@@ -36,6 +38,38 @@ def pool_rooms(
         committed = tracker.committed_sells(pool, after=now, dry_run=dry_run)
     else:
         committed = committed_sells(tracker, pool, after=now, dry_run=dry_run)
+    return _rooms(fleet, committed, pool, windows, now)
+
+
+def site_rooms(
+    fleet: Fleet,
+    intents: Iterable[Intent],
+    sites: Iterable[str],
+    windows: Sequence[Window],
+    *,
+    now: datetime,
+    dry_run: bool | None = None,
+) -> dict[str, Rooms]:
+    """`pool_rooms` of each site as a pool of its own (status, metrics): the sells read once for
+    all the sites, not once a site."""
+    by_site: dict[str, dict[Window, Decimal]] = {site: {} for site in sites}
+    for named, window, power in sell_commitments(intents, after=now, dry_run=dry_run):
+        for site in dict.fromkeys(named):
+            committed = by_site.get(site) if site is not None else None
+            if committed is not None:
+                committed[window] = committed.get(window, Decimal(0)) + power
+    return {
+        site: _rooms(fleet, committed, (site,), windows, now) for site, committed in by_site.items()
+    }
+
+
+def _rooms(
+    fleet: Fleet,
+    committed: Mapping[Window, Decimal],
+    pool: tuple[str, ...],
+    windows: Sequence[Window],
+    now: datetime,
+) -> Rooms:
     rooms = fleet.rooms(pool, now)
     planned = plan(
         rooms,

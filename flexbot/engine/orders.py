@@ -574,6 +574,23 @@ def _with_contract(order: model.Order | None, contract: model.Contract) -> model
     return attrs.evolve(order, contracts=_union([contract], order.contracts))
 
 
+def sell_commitments(
+    intents: Iterable[Intent], *, after: datetime, dry_run: bool | None = None
+) -> Iterator[tuple[tuple[str | None, ...], Window, Decimal]]:
+    """(sites, window, W) of each sell among `intents` in a window ending after `after`: filled,
+    and still open (or maybe open: unknown)."""
+    for intent in intents:
+        request = intent.request
+        if request.side is not model.Side.SELL or request.delivery_end <= after:
+            continue
+        if dry_run is not None and intent.dry_run != dry_run:
+            continue
+        filled = intent.order.filled_power if intent.order is not None else Decimal(0)
+        power = max(request.power, filled) if intent.state.is_live else filled
+        if power:
+            yield request.location.location_id, Window.of(request), power
+
+
 def committed_sells(
     intents: Iterable[Intent],
     sites: Collection[str],
@@ -581,21 +598,11 @@ def committed_sells(
     after: datetime,
     dry_run: bool | None = None,
 ) -> dict[Window, Decimal]:
-    """W of the sells among `intents` at any of `sites`, per window ending after `after`: filled,
-    and still open (or maybe open: unknown). A sell naming several sites counts whole for each."""
+    """W of the sells among `intents` at any of `sites`, per window ending after `after`. A sell
+    naming several sites counts whole for each."""
     out: dict[Window, Decimal] = {}
-    for intent in intents:
-        request = intent.request
-        if request.side is not model.Side.SELL or request.delivery_end <= after:
-            continue
-        if dry_run is not None and intent.dry_run != dry_run:
-            continue
-        if not any(site in sites for site in request.location.location_id):
-            continue
-        filled = intent.order.filled_power if intent.order is not None else Decimal(0)
-        power = max(request.power, filled) if intent.state.is_live else filled
-        if power:
-            window = Window.of(request)
+    for named, window, power in sell_commitments(intents, after=after, dry_run=dry_run):
+        if any(site in sites for site in named):
             out[window] = out.get(window, Decimal(0)) + power
     return out
 
