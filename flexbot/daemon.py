@@ -364,6 +364,20 @@ async def _assemble(
     return Parts(engine, verifier, hub, feed, tracker, store, market, clock, fleet)
 
 
+# What a SIGHUP does not reload (the strategies and `risk` it does, and the kill switch is read
+# as it changes): a change there takes a restart.
+RESTART_SECTIONS = (
+    "market",
+    "store",
+    "engine",
+    "meters",
+    "meter_sources",
+    "meter_catalogue",
+    "assets",
+    "verification",
+    "metrics",
+    "logging",
+)
 ASSETS_FIRST_WAIT_S = 5.0  # at start, for the assets' broker to answer the subscription
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
@@ -431,3 +445,11 @@ async def _reload(
             return
         engine.reload(new.strategies, new.config.risk)
         log.info("config.reload_done", path=str(loaded.path))
+        # The rest is read at start: say what a reload left as it was, not silently.
+        kept = [
+            name
+            for name in RESTART_SECTIONS
+            if getattr(new.config, name) != getattr(loaded.config, name)
+        ]
+        if kept:
+            log.warning("config.restart_needed", sections=kept, reloaded=["strategies", "risk"])

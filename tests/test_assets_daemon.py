@@ -98,6 +98,12 @@ def test_the_daemon_discovers_its_assets_on_the_broker_and_offers_what_they_can_
         daemon.wait_for(lambda e: e.get("event") == "order.placed" and e["power_w"] == 2000.0)
         placed = [e["power_w"] for e in daemon.events() if e.get("event") == "order.placed"]
         assert placed == [4000.0, 2000.0]
+        # The assets are read at start: a reload says so rather than ignoring a change.
+        document = yaml.safe_load(config.read_text())
+        document["assets"]["staleness_s"] = 60
+        config.write_text(yaml.safe_dump(document))
+        daemon.process.send_signal(signal.SIGHUP)
+        daemon.wait_event("config.restart_needed", sections=["assets"])
     finally:
         daemon.process.send_signal(signal.SIGTERM)
         daemon.process.wait(timeout=STOP_S)

@@ -4,7 +4,7 @@ the availability limit refuses what it cannot; a stale fleet offers nothing."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import attrs
@@ -12,9 +12,11 @@ import orjson
 import pytest
 from structlog.testing import capture_logs
 
-from flexbot import wire
+from flexbot import model, wire
 from flexbot.assets import AssetSettings, Fleet
-from flexbot.engine.risk import RiskLimits
+from flexbot.engine.deliverable import pool_rooms
+from flexbot.engine.orders import OrderTracker
+from flexbot.engine.risk import Exposure, PoolRoom, RiskLimits, check
 from flexbot.strategy import Context, IntentState, OwnOrder, Side, Strategy, Window
 from strategies import seller
 from tests.conftest import Sandbox
@@ -72,9 +74,7 @@ async def test_the_seller_offers_what_the_battery_can_deliver_window_after_windo
         # second; nothing is left for the third.
         assert [o["power"] for o in offers] == [4000.0, 2000.0]
         windows = Window.upcoming(sandbox.market.clock.now(), 3)
-        told = h.engine.desk.deliverable(
-            ["site-1"], windows, dry_run=False, ratio=RiskLimits().max_commit_ratio
-        )
+        told = h.engine.desk.deliverable(["site-1"], windows, dry_run=False)
         assert told is not None
         assert [(d.capacity_w, d.committed_w, d.available_w, d.assets) for d in told] == [
             (Decimal(4000), Decimal(4000), Decimal(0), 1),
@@ -125,10 +125,10 @@ async def test_a_sell_beyond_what_the_assets_can_deliver_is_refused_by_the_avail
         IntentState.REJECTED,
     ]
     assert placed[0].reason == (
-        "overseller availability: 0 W committed + 5000 W > 1 × 4000 W the assets can deliver"
+        "global availability: 0 W committed + 5000 W > 1 × 4000 W the assets can deliver"
     )
     assert placed[3].reason == (
-        "overseller availability: 0 W committed + 3000 W > 1 × 0 W the assets can deliver"
+        "global availability: 0 W committed + 3000 W > 1 × 0 W the assets can deliver"
     )
 
 
@@ -179,3 +179,74 @@ async def test_open_offers_the_assets_can_no_longer_deliver_are_withdrawn(
             assert await h.engine.desk.withdraw_undeliverable() == 0
     withdrawn = [e for e in logs if e["event"] == "availability.withdrawn"]
     assert [e["power_w"] for e in withdrawn] == [2000.0, 1000.0]
+
+
+async def test_the_accounts_ratio_overbooks_and_a_strategys_own_holds_back(
+    sandbox: Sandbox,
+) -> None:
+    overbooking = RiskLimits(max_commit_ratio=Decimal("1.5"))
+    strategy = spec(Overseller, OversellerParams((Decimal(5000),)))
+    async with running_engine(
+        sandbox, [strategy], fleet=fleet_at(sandbox), limits=overbooking
+    ) as h:
+        await until(lambda: len(placed_by(h, "overseller")) == 1)
+    assert placed_by(h, "overseller")[0].state is IntentState.OPEN  # 5000 W ≤ 1.5 × 4000 W
+    careful = spec(
+        Overseller,
+        OversellerParams((Decimal(3000),)),
+        name="careful",
+        risk=RiskLimits(max_commit_ratio=Decimal("0.5")),
+    )
+    async with running_engine(sandbox, [careful], fleet=fleet_at(sandbox), limits=overbooking) as h:
+        await until(lambda: len(placed_by(h, "careful")) == 1)
+        told = h.engine.desk.deliverable(
+            ["site-1"],
+            Window.upcoming(sandbox.market.clock.now(), 1),
+            dry_run=False,
+            ratio=Decimal("0.5"),
+        )
+    (refused,) = placed_by(h, "careful")
+    assert refused.reason == (
+        "careful availability: 0 W committed + 3000 W > 0.5 × 4000 W the assets can deliver"
+    )
+    assert told is not None
+    assert told[0].available_w == 2000
+
+
+async def test_an_hours_sell_counts_in_each_of_its_quarters_for_the_limit() -> None:
+    """A sell for 10:00–11:00 commits the assets in each quarter of that hour: a quarter's sell
+    inside it finds that hour's power committed there."""
+    now = datetime(2026, 12, 6, 9, 50, tzinfo=UTC)
+    fleet = Fleet(AssetSettings())
+    fleet.receive(
+        "flexbot/v1/site-1/gen/state",
+        orjson.dumps(
+            {
+                "ts": wire.format_datetime(now),
+                "kind": "generator",
+                "power_w": 0,
+                "min_power_w": -5000,
+            }
+        ),
+    )
+    tracker = OrderTracker(None)
+    hour = Window(datetime(2026, 12, 6, 10, tzinfo=UTC), datetime(2026, 12, 6, 11, tzinfo=UTC))
+    quarter = Window(hour.start + timedelta(minutes=15), hour.start + timedelta(minutes=30))
+    await tracker.new_intent("s", "1", sell(hour, 5000), now)
+    rooms = pool_rooms(fleet, tracker, ["site-1"], [quarter, hour], now=now)
+    assert rooms[quarter][0] == PoolRoom(Decimal(5000), Decimal(5000))
+    refused = check(sell(quarter, 1000), RiskLimits(), Exposure(pool=rooms[quarter][0]))
+    assert refused is not None
+    assert refused.limit == "availability"
+
+
+def sell(window: Window, power: int) -> model.OrderRequest:
+    return model.OrderRequest(
+        side=model.Side.SELL,
+        power=Decimal(power),
+        price=Decimal("0.2"),
+        delivery_start=window.start,
+        delivery_end=window.end,
+        expiry_time=window.start - timedelta(minutes=5),
+        location=model.Location(location_id=("site-1",), country_code="DE"),
+    )

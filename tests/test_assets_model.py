@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flexbot import model
-from flexbot.assets.model import Room, horizon_from, plan, room_of, whole_watts
+from flexbot.assets.model import QUARTER, Room, horizon_from, plan, room_of, whole_watts
 from flexbot.assets.protocol import AssetKind, AssetState, Availability, WindowOffer
 from flexbot.engine.risk import Exposure, PoolRoom, RiskLimits, check
 from flexbot.trading import Window
@@ -78,7 +78,7 @@ def test_a_battery_that_discharges_by_itself_has_less_and_an_ev_keeps_its_target
     draining = room_of("a/b", battery(power_w=-1000.0), None, horizon=HORIZON)
     assert draining.power_w == 4000
     hours = (HORIZON.end - NOW).total_seconds() / 3600
-    assert draining.energy_wh == pytest.approx((5200 - 1000 * hours) * 0.92)
+    assert draining.energy_wh == pytest.approx((5200 - 1000 * hours / 0.92) * 0.92)
     ev = room_of("a/ev", battery(target_energy_wh=6000.0), None, horizon=HORIZON)
     assert ev.energy_wh == pytest.approx(200 * 0.92)
 
@@ -131,20 +131,54 @@ def test_what_no_asset_can_serve_any_more_is_a_shortfall() -> None:
     assert (planned[WINDOWS[0]].free_w, planned[WINDOWS[0]].shortfall_w) == (0, 500)
 
 
+def test_an_hours_sell_is_four_quarters_commitment_and_an_hour_is_asked_as_one() -> None:
+    room = Room("a/b", power_w=5000.0)  # no energy limit
+    hour = Window(WINDOWS[0].start, WINDOWS[4].start)
+    planned = plan([room], {hour: 5000.0}, [*WINDOWS[:5], hour], now=NOW, horizon=HORIZON)
+    assert [planned[w].free_w for w in WINDOWS[:5]] == [0, 0, 0, 0, 5000]
+    assert (planned[hour].committed_w, planned[hour].free_w) == (5000, 0)
+    battery = Room("a/c", power_w=4000.0, energy_wh=1500.0)
+    planned = plan([battery], {}, [hour, WINDOWS[0]], now=NOW, horizon=HORIZON)
+    # An hour from 1500 Wh: 1500 W in each quarter together; one quarter alone: 4000 W.
+    assert planned[hour].free_w == pytest.approx(1500)
+    assert planned[WINDOWS[0]].free_w == 4000
+
+
+def test_a_shortfall_in_one_window_is_not_charged_to_another() -> None:
+    room = Room("a/b", power_w=5000.0)
+    committed = {WINDOWS[0]: 7000.0, WINDOWS[1]: 3000.0}
+    planned = plan([room], committed, WINDOWS[:3], now=NOW, horizon=HORIZON)
+    assert [planned[w].shortfall_w for w in WINDOWS[:3]] == [2000, 0, 0]
+    assert [planned[w].free_w for w in WINDOWS[:3]] == [0, 2000, 5000]
+    shared = Room("a/c", power_w=5000.0, energy_wh=2000.0)  # 2000 Wh for both windows
+    planned = plan([shared], committed, WINDOWS[:3], now=NOW, horizon=HORIZON)
+    # 7000 W can never be served (5000 W at most); the 1250 + 750 Wh the rest takes uses it all.
+    assert planned[WINDOWS[0]].shortfall_w == pytest.approx(2000)
+    assert planned[WINDOWS[2]].free_w == pytest.approx(0)
+
+
 def test_whole_watts_never_round_up() -> None:
     assert [whole_watts(v) for v in (0.999, 2.0, -3.0, 1999.9999999999)] == [0, 2, 0, 2000]
 
 
+# Windows of one to four quarter hours (the market allows any length on the grid), some beyond
+# the horizon; EMS figures for some.
+SPANS = [
+    Window(WINDOWS[0].start + i * QUARTER, WINDOWS[0].start + (i + n) * QUARTER)
+    for i in range(10)
+    for n in (1, 2, 4)
+]
 rooms_st = st.lists(
     st.builds(
         Room,
         key=st.text(min_size=1, max_size=4),
         power_w=st.floats(0, 10_000),
         energy_wh=st.none() | st.floats(0, 20_000),
+        offered=st.dictionaries(st.sampled_from(SPANS), st.floats(0, 10_000), max_size=2),
     ),
     max_size=6,
 )
-orders_st = st.lists(st.tuples(st.integers(0, len(WINDOWS) - 1), st.floats(0, 1.5)), max_size=20)
+orders_st = st.lists(st.tuples(st.integers(0, len(SPANS) - 1), st.floats(0, 1.5)), max_size=20)
 
 
 @settings(max_examples=300, deadline=None)
@@ -156,16 +190,17 @@ def test_commitments_taken_within_the_free_room_can_always_be_served(
     there when it comes: what was taken is always served in full, and the free room never grows
     with what is committed, nor goes below nothing."""
     committed: dict[Window, float] = {}
+    quarter_windows = [Window(w.start, w.start + QUARTER) for w in SPANS]
     for index, share in orders:
-        window = WINDOWS[index]
-        before = plan(rooms, committed, WINDOWS, now=NOW, horizon=HORIZON)
+        window = SPANS[index]
+        before = plan(rooms, committed, [window, *quarter_windows], now=NOW, horizon=HORIZON)
         wanted = share * before[window].free_w
         if wanted > before[window].free_w:
             continue  # the availability check refuses it
         committed[window] = committed.get(window, 0.0) + wanted
-        after = plan(rooms, committed, WINDOWS, now=NOW, horizon=HORIZON)
-        for w in WINDOWS:
-            assert after[w].shortfall_w <= 1e-6 * max(1.0, committed.get(w, 0.0))
+        after = plan(rooms, committed, quarter_windows, now=NOW, horizon=HORIZON)
+        for w in quarter_windows:
+            assert after[w].shortfall_w <= 1e-6 * max(1.0, after[w].committed_w)
             assert after[w].free_w >= 0
             assert after[w].free_w <= before[w].free_w + 1e-6
             assert after[w].capacity_w == pytest.approx(before[w].capacity_w)

@@ -333,3 +333,42 @@ def test_the_config_reads_the_assets_section_and_locates_the_catalogues_problems
         config.load(tmp_path / "flexbot.yaml", {"PW": "x", "MQTT_PW": "secret"})
     (line,) = caught.value.lines
     assert line.startswith(f"{tmp_path}/flexbot.yaml: $.assets.catalogue: cannot read ")
+
+
+def test_an_ems_takes_its_availability_back_with_an_empty_retained_message() -> None:
+    known = fleet()
+    known.receive("flexbot/v1/s/b/state", body())
+    offer = {
+        "ts": "2026-12-06T10:00:00Z",
+        "windows": [
+            {"start": "2026-12-06T10:15:00Z", "end": "2026-12-06T10:30:00Z", "reduce_w": 300}
+        ],
+    }
+    known.receive("flexbot/v1/s/b/availability", orjson.dumps(offer))
+    assert known.assets()[0].availability is not None
+    known.take_changes()
+    known.receive("flexbot/v1/s/b/availability", b"")
+    assert known.assets()[0].availability is None
+    assert known.take_changes() == [("s", "b", body().decode(), None)]
+
+
+def test_a_catalogue_that_is_no_csv_or_names_a_column_twice_is_refused_located() -> None:
+    with pytest.raises(Invalid) as caught:
+        parse_catalogue("site,asset,reduce_w,reduce_w\na,b,lots,5\n")
+    assert [str(p) for p in caught.value.problems] == ["$[1].reduce_w: column given twice"]
+    with pytest.raises(Invalid) as caught:
+        parse_catalogue('site,asset,reduce_w\na,b,"' + "x" * 200_000 + '"\n')
+    assert str(caught.value.problems[0]).startswith("$: not a readable CSV file")
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(max_size=200) | st.lists(st.text(max_size=12), max_size=12).map(",".join))
+def test_any_catalogue_text_is_read_or_refused_with_located_problems(text: str) -> None:
+    for candidate in (text, "site,asset,reduce_w,energy_wh\n" + text):
+        try:
+            parse_catalogue(candidate)
+        except Invalid as exc:
+            found = exc.problems
+        else:
+            continue
+        assert found

@@ -3,7 +3,7 @@ can deliver (`model`), and how flexbot hears them (`link`). Import the names bel
 
 from flexbot.assets.catalogue import parse as parse_catalogue
 from flexbot.assets.fleet import Asset, Fleet, age_s
-from flexbot.assets.model import Room, WindowRoom, plan, whole_watts
+from flexbot.assets.model import Room, WindowRoom, plan, quarters, whole_watts
 from flexbot.assets.protocol import AssetKind, AssetState, Availability, WindowOffer
 from flexbot.assets.settings import AssetBroker, AssetSettings
 
@@ -21,5 +21,6 @@ __all__ = [
     "age_s",
     "parse_catalogue",
     "plan",
+    "quarters",
     "whole_watts",
 ]

@@ -22,9 +22,21 @@ COLUMNS = (*REQUIRED, "energy_wh")
 
 def parse(text: str) -> list[tuple[str, Room]]:
     """The catalogue's assets, as (site, room); `Invalid` listing every problem."""
+    try:
+        return _parse(text)
+    except csv.Error as exc:  # a field beyond the csv module's limit, a NUL byte
+        raise Invalid.single((), f"not a readable CSV file: {exc}") from None
+
+
+def _parse(text: str) -> list[tuple[str, Room]]:
     rows = csv.reader(io.StringIO(text.removeprefix("\ufeff")))
     header = [name.strip() for name in next(rows, [])]
     problems = [
+        Problem((1, name), "column given twice")
+        for name in dict.fromkeys(header)
+        if header.count(name) > 1
+    ]
+    problems += [
         Problem((1, name), "required column is missing") for name in REQUIRED if name not in header
     ]
     problems += [

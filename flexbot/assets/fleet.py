@@ -3,7 +3,8 @@
 Assets are discovered: the first readable `state` of a `<site>/<asset>` (retained on the broker,
 so a restart hears every asset at once) adds it; no per-asset configuration is needed. An
 allow-list, when configured, limits which are listened to. An empty retained `state` (how MQTT
-deletes a retained message) removes the asset. Assets with fixed limits come from the catalogue
+deletes a retained message) removes the asset; an empty `availability` takes an EMS's figures
+back. Assets with fixed limits come from the catalogue
 and never go stale.
 
 An asset's state is judged by its own `ts`, not by when it arrived: a retained state from
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
 import attrs
@@ -82,12 +83,20 @@ class Fleet:
                 log.warning("asset.not_allowed", asset=key, topic=topic)
             return
         known = self.by_site.get(where.site, {}).get(where.asset)
-        if not payload:
-            if where.message == "state" and known is not None and known.fixed is None:
+        if not payload:  # how MQTT deletes a retained message
+            if known is None or known.fixed is not None:
+                return
+            if where.message == "state":
                 del self.by_site[where.site][where.asset]
-                self.version += 1
-                self._changed.add((where.site, where.asset))
                 log.info("asset.removed", asset=key)
+            elif known.availability is not None:
+                known.availability = None  # the EMS takes its figures back
+                known.said.pop("availability", None)
+                log.info("asset.availability_withdrawn", asset=key)
+            else:
+                return
+            self.version += 1
+            self._changed.add((where.site, where.asset))
             return
         try:
             if where.message == "state":
@@ -116,6 +125,10 @@ class Fleet:
         known.said[where.message] = payload
         self._changed.add((where.site, where.asset))
         self.version += 1
+
+    def changes_unsaved(self, rows: Sequence[tuple[str, str, str | None, str | None]]) -> None:
+        """`take_changes` rows the store did not take: they go with the next save."""
+        self._changed.update((site, name) for site, name, _, _ in rows)
 
     def restore(self, site: str, name: str, state: str | None, availability: str | None) -> None:
         """An asset as the store kept it (`flexbot status`): quietly, unreadable parts left out."""

@@ -17,6 +17,7 @@ from flexbot.mqtt import Broker, MqttLink
 from flexbot.store import AsyncStore
 
 OnMessage = Callable[[str, bytes], None]
+FLUSH_S = 2.0  # at the end, how long the last save may take
 
 
 def topics(fleet: Fleet) -> list[str]:
@@ -47,13 +48,17 @@ async def keep_in_store(fleet: Fleet, store: AsyncStore, clock: Clock, *, every_
             await trio.sleep(every_s)
             await _save(fleet, store, clock)
     finally:
-        with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=True), trio.move_on_after(FLUSH_S):
             await _save(fleet, store, clock)
 
 
 async def _save(fleet: Fleet, store: AsyncStore, clock: Clock) -> None:
     rows = fleet.take_changes()
-    await store.run(store.sync.save_assets, rows, wire.format_datetime(clock.now()))
+    try:
+        await store.run(store.sync.save_assets, rows, wire.format_datetime(clock.now()))
+    except BaseException:
+        fleet.changes_unsaved(rows)  # kept for the next save
+        raise
 
 
 class LocalBus:

@@ -243,7 +243,7 @@ def portfolio(parts: Parts) -> dict[str, Any]:
         return {}
     now = parts.clock.now()
     windows = Window.upcoming(now, 8)
-    told = parts.engine.desk.deliverable(POOL, windows, dry_run=False, ratio=Decimal(1)) or []
+    told = parts.engine.desk.deliverable(POOL, windows, dry_run=False) or []
     quarter = Decimal("0.25") / 1000
     sells = [i for i in parts.tracker if i.request.side is model.Side.SELL]
     return {

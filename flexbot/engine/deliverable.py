@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from decimal import ROUND_FLOOR, Decimal
 
-from flexbot.assets import Fleet, WindowRoom, plan, whole_watts
+from flexbot.assets import Fleet, WindowRoom, plan, quarters, whole_watts
 from flexbot.engine.orders import Intent, OrderTracker, committed_sells, sell_commitments
 from flexbot.engine.risk import PoolRoom
 from flexbot.trading import Deliverable, Window
@@ -35,7 +35,11 @@ def pool_rooms(
     any intents (`flexbot status`, from the journal)."""
     pool = tuple(dict.fromkeys(s for s in sites if s))
     if isinstance(tracker, OrderTracker):
-        committed = tracker.committed_sells(pool, after=now, dry_run=dry_run)
+        # Past the horizon, a window shares nothing with another: only the asked ones matter.
+        until = fleet.horizon(now).end
+        committed = tracker.committed_sells(
+            pool, after=now, dry_run=dry_run, until=until, also=windows
+        )
     else:
         committed = committed_sells(tracker, pool, after=now, dry_run=dry_run)
     return _rooms(fleet, committed, pool, windows, now)
@@ -82,9 +86,21 @@ def _rooms(
     for window in windows:
         room = planned[window]
         servable = room.committed_w - room.shortfall_w + room.free_w
-        risk = PoolRoom(committed.get(window, Decimal(0)), Decimal(whole_watts(servable)))
+        risk = PoolRoom(_most_committed(committed, window), Decimal(whole_watts(servable)))
         out[window] = (risk, room, len(rooms))
     return out
+
+
+def _most_committed(committed: Mapping[Window, Decimal], window: Window) -> Decimal:
+    """W committed in the window's busiest quarter hour (an hour's sell counts in each of its
+    quarters; a quarter's, in the hours holding it), exactly."""
+    most = Decimal(0)
+    for q in quarters(window):
+        here = sum(
+            (p for w, p in committed.items() if w.start < q.end and q.start < w.end), Decimal(0)
+        )
+        most = max(most, here)
+    return most
 
 
 def deliverable(

@@ -33,6 +33,7 @@ from flexbot.engine.loader import StrategySpec
 from flexbot.engine.orders import Change, DuplicateIntent, Intent, OrderTracker
 from flexbot.engine.paper import PaperBroker
 from flexbot.engine.risk import (
+    DEFAULT_COMMIT_RATIO,
     Exposure,
     OrderRate,
     PoolRoom,
@@ -238,53 +239,67 @@ class OrderDesk:
         windows: Sequence[Window],
         *,
         dry_run: bool,
-        ratio: Decimal,
+        ratio: Decimal | None = None,
     ) -> list[Deliverable] | None:
-        """What the pool of `sites` can still deliver in each window (None: no portfolio)."""
+        """What the pool of `sites` can still deliver in each window (None: no portfolio);
+        `ratio`: a strategy's own `max_commit_ratio`, if it has one."""
         if self.fleet is None:
             return None
         now = self.clock.now()
-        ratio = min(ratio, self.limits.max_commit_ratio)
+        ratio = commit_ratio(self.limits, ratio)
         return deliverable(
             self.fleet, self.tracker, sites, windows, now=now, ratio=ratio, dry_run=dry_run
         )
 
     async def withdraw_undeliverable(self) -> int:
         """Cancel open sells (what is not filled of them) where the assets can no longer serve
-        what is committed (a state went stale, a battery ran low): in each window and pool, the
-        newest first, until the rest is within `max_commit_ratio` of what they can deliver.
-        Returns how many were asked to cancel."""
+        what is committed (a state went stale, a battery ran low): pool by pool, the first window
+        short first, its newest offers first, until the rest is within `max_commit_ratio` of what
+        the assets can deliver (then the pool is weighed again: a withdrawn offer frees energy
+        for the windows after it). Returns how many were asked to cancel."""
         if self.fleet is None or self.halted:
             return 0
         now = self.clock.now()
-        groups: defaultdict[tuple[Window, tuple[str | None, ...], bool], list[Intent]] = (
-            defaultdict(list)
-        )
+        pools: defaultdict[tuple[tuple[str, ...], bool], list[Intent]] = defaultdict(list)
         for intent in self.tracker.live():
             request = intent.request
             on_book = intent.state is IntentState.OPEN and request.delivery_start > now
             if request.side is model.Side.SELL and on_book:
-                key = (Window.of(request), request.location.location_id, intent.dry_run)
-                groups[key].append(intent)
+                sites = tuple(dict.fromkeys(s for s in request.location.location_id if s))
+                pools[(sites, intent.dry_run)].append(intent)
+        ratio = commit_ratio(self.limits)
         asked = 0
-        for (window, sites, dry_run), intents in groups.items():
-            rooms = pool_rooms(self.fleet, self.tracker, sites, [window], now=now, dry_run=dry_run)
-            pool = rooms[window][0]
-            excess = pool.committed_w - self.limits.max_commit_ratio * pool.servable_w
-            for intent in sorted(intents, key=lambda i: i.created_at, reverse=True):
-                if excess <= 0:
-                    break
-                remaining = intent.snapshot().remaining_power_w
-                log.warning(
-                    "availability.withdrawn",
-                    **describe(intent),
-                    committed_w=float(pool.committed_w),
-                    deliverable_w=float(pool.servable_w),
+        for (sites, dry_run), offers in pools.items():
+            while offers:
+                windows = sorted({Window.of(i.request) for i in offers})
+                rooms = pool_rooms(
+                    self.fleet, self.tracker, sites, windows, now=now, dry_run=dry_run
                 )
-                self._counts["withdrawn"] += 1
-                await self.cancel(intent.client_id)
-                excess -= remaining
-                asked += 1
+                short = [
+                    w for w in windows if rooms[w][0].committed_w > ratio * rooms[w][0].servable_w
+                ]
+                if not short:
+                    break
+                window = short[0]
+                pool = rooms[window][0]
+                excess = pool.committed_w - ratio * pool.servable_w
+                here = [i for i in offers if Window.of(i.request) == window]
+                for intent in sorted(here, key=lambda i: i.created_at, reverse=True):
+                    if excess <= 0:
+                        break
+                    remaining = intent.snapshot().remaining_power_w
+                    log.warning(
+                        "availability.withdrawn",
+                        **describe(intent),
+                        committed_w=float(pool.committed_w),
+                        deliverable_w=float(pool.servable_w),
+                    )
+                    self._counts["withdrawn"] += 1
+                    await self.cancel(intent.client_id)
+                    excess -= remaining
+                    asked += 1
+                # Weighed once: what is left there (sold, or cancels refused) stays as it is.
+                offers = [i for i in offers if Window.of(i.request) != window]
         return asked
 
     async def watch_availability(self, every_s: float) -> None:
@@ -408,6 +423,13 @@ class OrderDesk:
             return self.paper
         assert self.broker is not None
         return self.broker
+
+
+def commit_ratio(limits: RiskLimits, strategy: Decimal | None = None) -> Decimal:
+    """The share of what the assets can deliver that may be committed: the account's (1 unless
+    set), or a strategy's own when it holds back more."""
+    account = limits.max_commit_ratio or DEFAULT_COMMIT_RATIO
+    return account if strategy is None else min(account, strategy)
 
 
 def describe(order: Intent | OwnOrder) -> Mapping[str, object]:

@@ -204,8 +204,9 @@ class OrderTracker:
         self._unresolved: dict[str, Intent] = {}
         self._settled: dict[Window, dict[_PartKey, Decimal]] = {}
         self._settled_part: dict[str, tuple[Window, _PartKey, Decimal]] = {}
-        # Every sell in memory, by client id: what the assets are committed to (`committed_sells`).
-        self._sells: dict[str, Intent] = {}
+        # Every sell in memory, by window and client id: what the assets are committed to
+        # (`committed_sells`, which reads only the windows it is asked about).
+        self._sells: dict[Window, dict[str, Intent]] = {}
         # Contract reports for orders not known yet (an unknown intent's order), by order id.
         self._orphan_contracts: dict[str, list[model.Contract]] = {}
 
@@ -228,7 +229,7 @@ class OrderTracker:
     def _add(self, intent: Intent) -> None:
         self._intents[intent.client_id] = intent
         if intent.request.side is model.Side.SELL:
-            self._sells[intent.client_id] = intent
+            self._sells.setdefault(Window.of(intent.request), {})[intent.client_id] = intent
         if intent.order_id is not None:
             self._by_order_id[intent.order_id] = intent
         self._reindex(intent)
@@ -340,10 +341,28 @@ class OrderTracker:
         return Position(bought, sold, open_buy, open_sell)
 
     def committed_sells(
-        self, sites: Collection[str], *, after: datetime, dry_run: bool | None = None
+        self,
+        sites: Collection[str],
+        *,
+        after: datetime,
+        dry_run: bool | None = None,
+        until: datetime | None = None,
+        also: Sequence[Window] = (),
     ) -> dict[Window, Decimal]:
-        """W of sells at any of `sites` per window ending after `after` (`committed_sells`)."""
-        return committed_sells(self._sells.values(), sites, after=after, dry_run=dry_run)
+        """W of sells at any of `sites` per window ending after `after` (`committed_sells`);
+        with `until`, only the windows starting before it or overlapping one of `also`."""
+
+        def wanted(window: Window) -> bool:
+            if window.end <= after:
+                return False
+            if until is None or window.start < until:
+                return True
+            return any(window.start < w.end and w.start < window.end for w in also)
+
+        intents = (
+            i for w, of_window in self._sells.items() if wanted(w) for i in of_window.values()
+        )
+        return committed_sells(intents, sites, after=after, dry_run=dry_run)
 
     # --- the intent's own path ------------------------------------------------------------------
 
@@ -520,7 +539,12 @@ class OrderTracker:
         ]
         for intent in gone:
             del self._intents[intent.client_id]
-            self._sells.pop(intent.client_id, None)
+            if intent.request.side is model.Side.SELL:
+                window = Window.of(intent.request)
+                of_window = self._sells.get(window, {})
+                of_window.pop(intent.client_id, None)
+                if not of_window:
+                    self._sells.pop(window, None)
             if intent.order_id is not None:
                 self._by_order_id.pop(intent.order_id, None)
             self._unsettle(intent.client_id)

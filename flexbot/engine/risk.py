@@ -29,6 +29,8 @@ from flexbot.problems import Invalid
 from flexbot.trading import Position
 from flexbot.validators import non_negative, positive
 
+DEFAULT_COMMIT_RATIO = Decimal(1)  # the account's `max_commit_ratio` when none is set
+
 
 class TradingState(enum.StrEnum):
     ACTIVE = "active"
@@ -56,8 +58,9 @@ class RiskLimits:
     locations: tuple[str, ...] | None = None  # allowed location ids
     # Sells: open plus sold reduction for a window and pool at most this share of what its
     # assets can deliver (only where the portfolio is on: an `assets` section). Above 1:
-    # overbooking, for offers that will not all sell.
-    max_commit_ratio: Decimal = attrs.field(default=Decimal(1), validator=positive)
+    # overbooking, for offers that will not all sell. None: 1 for the account; a strategy
+    # without its own is held to the account's.
+    max_commit_ratio: Decimal | None = _positive
 
     def __attrs_post_init__(self) -> None:
         if (
@@ -144,12 +147,15 @@ def check(
         if cap is not None and committed_w(position) + request.power > cap:
             return no(limit, f"{committed_w(position)} W committed + {request.power} W > {cap} W")
     pool = exposure.pool
-    if pool is not None and request.side is model.Side.SELL:
-        cap = limits.max_commit_ratio * pool.servable_w
+    ratio = limits.max_commit_ratio
+    if ratio is None and scope == "global":
+        ratio = DEFAULT_COMMIT_RATIO
+    if pool is not None and ratio is not None and request.side is model.Side.SELL:
+        cap = ratio * pool.servable_w
         if pool.committed_w + request.power > cap:
             return no(
                 "availability",
-                f"{pool.committed_w} W committed + {request.power} W > {limits.max_commit_ratio}"
+                f"{pool.committed_w} W committed + {request.power} W > {ratio}"
                 f" × {pool.servable_w} W the assets can deliver",
             )
     if limits.max_open_orders is not None and exposure.open_orders + 1 > limits.max_open_orders:

@@ -97,7 +97,7 @@ class MqttMeter:
     def _on_message(self, topic: str, payload: bytes) -> None:
         try:
             self._pending += self.parse(payload, datetime.now(UTC), topic)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, RecursionError) as exc:  # nested too deep: garbage too
             log.warning(
                 "meter.bad_message",
                 **self.route.fields,
