@@ -11,7 +11,10 @@ What is submitted, and when:
 
 The outbox (SQLite, committed before anything is sent) holds each submission under (order id,
 measurement type): enqueued once, its exact body stored and resent unchanged, retried with capped
-jittered backoff until the market acknowledges (any 2xx), and resumed after a restart. A 409 that
+jittered backoff until the market acknowledges (any 2xx), and resumed after a restart. Writes are
+group-committed: a scan enqueues all it found due in one transaction, and the outcomes of
+submissions sent together are committed together (`GroupCommit`: one fsync for many, none sent
+before its enqueue committed, none reported before its outcome did). A 409 that
 says the data was already received counts as done; a baseline refused because its order was
 cancelled or matched meanwhile is obsolete (`verification.obsolete`); any other refusal is final
 and logged with the market's words (`verification.failed`). Outcomes then arrive as contract
@@ -51,13 +54,15 @@ from flexbot.meters.builder import meter_reading
 from flexbot.meters.pool import MeterBaselineUnavailable, Meters, Pool
 from flexbot.meters.source import MeterSettings
 from flexbot.problems import Invalid
-from flexbot.store import AsyncStore, OutboxRow, Store
+from flexbot.store import AsyncStore, GroupCommit, OutboxRow, Outcome, Store
 from flexbot.validators import at_least, sane_backoff, seconds
 
 log = logs.get_logger("flexbot.verification")
 
 BASELINE = str(model.MeasurementType.BASELINE)
 METERING = str(model.MeasurementType.METERING)
+SEND_AHEAD = 4  # sends started per `in_flight` place: the next ones wait ready, not in the store
+Due = list[tuple[str, str, model.MeterReading]]  # (order id, measurement type, body) to enqueue
 
 
 @frozen
@@ -122,6 +127,9 @@ class Verifier:
         self._outcomes: BoundedSet[tuple[str, str, str]] = BoundedSet(capacity)
         self._wake = trio.Event()
         self._in_flight: set[tuple[str, str]] = set()  # a key is sent by one task at a time
+        self._unsent = 0  # of those, the ones not sent yet (waiting for a place, or sending)
+        # What became of sent submissions, committed together (one fsync for many).
+        self._results: GroupCommit[Outcome] = GroupCommit(store, Store.outcomes)
         self.sent = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -129,6 +137,7 @@ class Verifier:
         for key in await self._store.run(_outbox_keys, self._store.sync, tracked):
             self.enqueued.add(key)
         async with trio.open_nursery() as nursery:
+            await nursery.start(self._results.run)
             nursery.start_soon(self._scan_loop)
             nursery.start_soon(self._send_loop)
             nursery.start_soon(self._retention_loop)
@@ -158,9 +167,9 @@ class Verifier:
             await trio.sleep(self.settings.interval_s)
 
     async def scan(self) -> int:
-        """Enqueue what is due; returns how many submissions were enqueued."""
+        """Enqueue what is due, all in one transaction; returns how many were enqueued."""
         now = self._clock.now()
-        added = 0
+        due: list[tuple[str, str, model.MeterReading]] = []
         for intent in self._tracker:
             order = intent.order
             if intent.dry_run or intent.order_id is None or order is None:
@@ -168,9 +177,10 @@ class Verifier:
             if intent.request.side is not model.Side.SELL:
                 continue
             if intent.request.baseline is None and order.baseline is None and not order.is_final:
-                added += await self._baseline(intent, intent.order_id, now)
+                await self._baseline(intent, intent.order_id, now, due)
             if order.contracts:
-                added += await self._metering(intent, intent.order_id, now)
+                await self._metering(intent, intent.order_id, now, due)
+        added = await self._enqueue(due)
         if added:
             self._wake.set()
         self._let_go()
@@ -184,36 +194,35 @@ class Verifier:
         self._warned.retain(lambda key: tracker.by_order_id(key[0]) is not None)
         self._outcomes.retain(lambda key: tracker.by_order_id(key[0]) is not None)
 
-    async def _baseline(self, intent: Intent, order_id: str, now: datetime) -> int:
+    async def _baseline(self, intent: Intent, order_id: str, now: datetime, due: Due) -> None:
         if (order_id, BASELINE) in self.enqueued:
-            return 0
+            return
         pool = self._pool_of(intent, order_id)
         if pool is None:
-            return 0
+            return
         start, end = intent.request.delivery_start, intent.request.delivery_end
         try:
             points = await self._meters.baseline(pool, start, end)
         except MeterBaselineUnavailable as exc:
             self._warn_once(order_id, "baseline.unavailable", meter=exc.meter, reason=exc.reason)
-            return 0
-        reading = meter_reading(points, start, end, created_at=now)
-        return await self._enqueue(order_id, BASELINE, reading)
+            return
+        due.append((order_id, BASELINE, meter_reading(points, start, end, created_at=now)))
 
-    async def _metering(self, intent: Intent, order_id: str, now: datetime) -> int:
+    async def _metering(self, intent: Intent, order_id: str, now: datetime, due: Due) -> None:
         if (order_id, METERING) in self.enqueued:
-            return 0
+            return
         end = intent.request.delivery_end
         if now < end + timedelta(seconds=self.settings.settle_delay_s):
-            return 0
+            return
         pool = self._pool_of(intent, order_id)
         if pool is None:
-            return 0
+            return
         start = intent.request.delivery_start
         points, flagged_meters = await self._meters.metering(pool, start, end)
         flagged = [q for q in points if q.flagged]
         if flagged:
             if now < end + timedelta(seconds=self.settings.max_wait_s):
-                return 0  # data may still come
+                return  # data may still come
             log.warning(
                 "metering.incomplete",
                 order_id=order_id,
@@ -221,8 +230,7 @@ class Verifier:
                 meters=flagged_meters,
                 flagged=[wire.format_datetime(q.end) for q in flagged],
             )
-        reading = meter_reading(points, start, end, created_at=now)
-        return await self._enqueue(order_id, METERING, reading)
+        due.append((order_id, METERING, meter_reading(points, start, end, created_at=now)))
 
     def _pool_of(self, intent: Intent, order_id: str) -> Pool | None:
         """The meters of every site the order names; None (logged once) if a site has none."""
@@ -233,18 +241,28 @@ class Verifier:
             return None
         return pool
 
-    async def _enqueue(self, order_id: str, kind: str, reading: model.MeterReading) -> int:
-        body = wire.dumps(reading).decode()
-        new = await self._store.run(self._store.sync.enqueue, order_id, kind, body, self._wall())
-        self.enqueued.add((order_id, kind))
-        if new:
-            log.info("verification.enqueued", order_id=order_id, measurement_type=kind)
-        return int(new)
+    async def _enqueue(self, due: Due) -> int:
+        """Commit the due submissions together (one fsync); none is sent before its commit (the
+        sender reads what the store holds)."""
+        if not due:
+            return 0
+        rows = [(order_id, kind, wire.dumps(reading).decode()) for order_id, kind, reading in due]
+        added = await self._store.run(self._store.sync.enqueue_many, rows, self._wall())
+        for (order_id, kind, _), new in zip(rows, added, strict=True):
+            self.enqueued.add((order_id, kind))
+            if new:
+                log.info("verification.enqueued", order_id=order_id, measurement_type=kind)
+        return sum(added)
 
     def _warn_once(self, order_id: str, event: str, **fields: object) -> None:
         if (order_id, event) not in self._warned:
             self._warned.add((order_id, event))
             log.warning(event, order_id=order_id, **fields)
+
+    @property
+    def results_committed(self) -> int:
+        """Transactions that committed outcomes (fewer than outcomes: they are grouped)."""
+        return self._results.commits
 
     async def drain(self) -> int:
         """Send what is due now, once (at shutdown; the caller bounds the time). Returns how many
@@ -253,69 +271,93 @@ class Verifier:
         limiter = trio.CapacityLimiter(self.settings.in_flight)
         async with trio.open_nursery() as nursery:
             for row in due:
-                nursery.start_soon(self._send_one, row, limiter)
+                if self._claim(row):
+                    nursery.start_soon(self._send_one, row, limiter)
         pending, _ = await self._store.run(self._store.sync.outbox_backlog)
         return pending
 
     # --- sending --------------------------------------------------------------------------------
 
     async def _send_loop(self) -> None:
+        """Keep the `in_flight` places busy: what is due is read again when only the places' worth
+        of sends are left to make (those waiting for their outcome's commit do not count), not
+        after a whole batch has ended, so neither a slow send nor a commit holds up the others."""
         limiter = trio.CapacityLimiter(self.settings.in_flight)
-        while True:
-            due = await self._store.run(self._store.sync.due, self._wall(), 64)
-            if due:
-                async with trio.open_nursery() as nursery:
-                    for row in due:
-                        nursery.start_soon(self._send_one, row, limiter)
-                continue
-            with trio.move_on_after(self.settings.interval_s):
-                await self._wake.wait()
-            self._wake = trio.Event()
+        most = SEND_AHEAD * self.settings.in_flight  # sends not yet made, waiting for a place
+        async with trio.open_nursery() as nursery:
+            while True:
+                room = most - self._unsent
+                started = 0
+                if room > 0:
+                    limit = room + len(self._in_flight)  # in-flight rows are still pending
+                    for row in await self._store.run(self._store.sync.due, self._wall(), limit):
+                        if started < room and self._claim(row):
+                            nursery.start_soon(self._send_one, row, limiter)
+                            started += 1
+                if started:
+                    continue
+                with trio.move_on_after(self.settings.interval_s):
+                    await self._wake.wait()
+                self._wake = trio.Event()
 
-    async def _send_one(self, row: OutboxRow, limiter: trio.CapacityLimiter) -> None:
+    def _claim(self, row: OutboxRow) -> bool:
+        """Take the row for one send: the send loop and a drain may both read it as due. It is
+        held until its outcome is committed (till then the store still calls it due)."""
         key = (row.order_id, row.measurement_type)
         if key in self._in_flight:
-            return  # the send loop and a drain may both pick it up: one sends it
+            return False
         self._in_flight.add(key)
+        self._unsent += 1
+        return True
+
+    async def _send_one(self, row: OutboxRow, limiter: trio.CapacityLimiter) -> None:
         try:
             await self._send_row(row, limiter)
         finally:
-            self._in_flight.discard(key)
+            self._in_flight.discard((row.order_id, row.measurement_type))
 
     async def _send_row(self, row: OutboxRow, limiter: trio.CapacityLimiter) -> None:
-        async with limiter:
-            reading = wire.decode(row.body, model.MeterReading)
-            kind, order_id = row.measurement_type, row.order_id
-            try:
-                if kind == BASELINE:
-                    await self._client.submit_baseline(order_id, reading)
-                else:
-                    await self._client.submit_metering(order_id, reading)
-            except Conflict as exc:
-                if "already" in str(exc).lower():
-                    state = "acked"  # the market has it: done
-                elif kind == BASELINE and self._order_moved_on(order_id):
-                    state = "obsolete"  # cancelled or matched meanwhile: nothing left to do
-                else:
-                    state = "failed"
-                await self._finish(row, state, str(exc))
-            except (NotFound, Rejected) as exc:
-                if (
-                    isinstance(exc, Rejected)
-                    and row.attempts + 1 < self.settings.max_attempts_refused
-                ):
-                    await self._later(row, str(exc))
-                else:
-                    await self._finish(row, "failed", str(exc))
-            except MarketError as exc:
-                await self._later(row, str(exc))
+        """Send (holding one of the `in_flight` places only for the request), then commit what
+        became of it with the outcomes of the others sent meanwhile."""
+        try:
+            async with limiter:
+                state, error = await self._submit(row)
+        finally:
+            self._unsent -= 1
+            if self._unsent <= self.settings.in_flight:
+                self._wake.set()  # only the places' worth are left to send: read more
+        if state == "pending":
+            await self._later(row, error or "")
+        else:
+            await self._finish(row, state, error)
+
+    async def _submit(self, row: OutboxRow) -> tuple[str, str | None]:
+        """(state, error): acked, obsolete, failed, or pending (to be retried)."""
+        reading = wire.decode(row.body, model.MeterReading)
+        kind, order_id = row.measurement_type, row.order_id
+        try:
+            if kind == BASELINE:
+                await self._client.submit_baseline(order_id, reading)
             else:
-                await self._finish(row, "acked", None)
+                await self._client.submit_metering(order_id, reading)
+        except Conflict as exc:
+            if "already" in str(exc).lower():
+                return "acked", str(exc)  # the market has it: done
+            if kind == BASELINE and self._order_moved_on(order_id):
+                return "obsolete", str(exc)  # cancelled or matched meanwhile: nothing left to do
+            return "failed", str(exc)
+        except (NotFound, Rejected) as exc:
+            refused_again = row.attempts + 1 < self.settings.max_attempts_refused
+            if isinstance(exc, Rejected) and refused_again:
+                return "pending", str(exc)
+            return "failed", str(exc)
+        except MarketError as exc:
+            return "pending", str(exc)
+        return "acked", None
 
     async def _finish(self, row: OutboxRow, state: str, error: str | None) -> None:
-        store = self._store
-        await store.run(
-            store.sync.settle, row.order_id, row.measurement_type, state, self._wall(), error
+        await self._results.add(
+            Outcome(row.order_id, row.measurement_type, state, self._wall(), error)
         )
         fields = {"order_id": row.order_id, "measurement_type": row.measurement_type}
         if state == "acked" and error is not None:
@@ -338,12 +380,9 @@ class Verifier:
 
     async def _later(self, row: OutboxRow, error: str) -> None:
         delay = self.settings.backoff.delay(row.attempts, self._rng)
-        await self._store.run(
-            self._store.sync.retry_later,
-            row.order_id,
-            row.measurement_type,
-            self._wall() + delay,
-            error,
+        retry_at = self._wall() + delay
+        await self._results.add(
+            Outcome(row.order_id, row.measurement_type, "pending", retry_at, error)
         )
         log.info(
             "verification.retry",

@@ -11,7 +11,7 @@ Faults of the file or the disk are `StoreError`s that say whether a retry may fi
 (`faults`); the schema migrates forward on open (`schema`); `lock` holds the store for one daemon.
 """
 
-from flexbot.store.db import AsyncStore, JournalRow, OutboxRow, Store
+from flexbot.store.db import AsyncStore, GroupCommit, JournalRow, OutboxRow, Outcome, Store
 from flexbot.store.faults import StoreError, StoreFailed, failure, is_store_fault
 from flexbot.store.lock import StoreLocked
 from flexbot.store.schema import DAEMON, MIGRATIONS, OPERATOR, SCHEMA_VERSION
@@ -22,8 +22,10 @@ __all__ = [
     "OPERATOR",
     "SCHEMA_VERSION",
     "AsyncStore",
+    "GroupCommit",
     "JournalRow",
     "OutboxRow",
+    "Outcome",
     "Store",
     "StoreError",
     "StoreFailed",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar
 
 import trio
 from attrs import frozen
@@ -301,13 +301,20 @@ class Store:
 
     def enqueue(self, order_id: str, kind: str, body: str, now: float) -> bool:
         """Keep a submission until acknowledged; once per (order, kind): False if already held."""
+        return self.enqueue_many([(order_id, kind, body)], now)[0]
+
+    def enqueue_many(self, rows: Sequence[tuple[str, str, str]], now: float) -> list[bool]:
+        """`enqueue` for each (order id, kind, body), in one transaction (one fsync for all)."""
+        added = []
         with transaction(self._db):
-            cursor = self._db.execute(
-                "INSERT OR IGNORE INTO outbox (order_id, measurement_type, body, state, next_at, "
-                "enqueued_at) VALUES (?, ?, ?, 'pending', ?, ?)",
-                (order_id, kind, body, now, now),
-            )
-            return cursor.rowcount == 1
+            for order_id, kind, body in rows:
+                cursor = self._db.execute(
+                    "INSERT OR IGNORE INTO outbox (order_id, measurement_type, body, state, "
+                    "next_at, enqueued_at) VALUES (?, ?, ?, 'pending', ?, ?)",
+                    (order_id, kind, body, now, now),
+                )
+                added.append(cursor.rowcount == 1)
+        return added
 
     def due(self, now: float, limit: int = 16) -> list[OutboxRow]:
         rows = self._db.execute(
@@ -326,20 +333,28 @@ class Store:
 
     def settle(self, order_id: str, kind: str, state: str, at: float, error: str | None) -> None:
         """Mark acked or failed (final)."""
-        with transaction(self._db):
-            self._db.execute(
-                "UPDATE outbox SET state = ?, done_at = ?, last_error = ?, attempts = attempts + 1 "
-                "WHERE order_id = ? AND measurement_type = ?",
-                (state, at, error, order_id, kind),
-            )
+        self.outcomes([Outcome(order_id, kind, state, at, error)])
 
     def retry_later(self, order_id: str, kind: str, next_at: float, error: str) -> None:
+        self.outcomes([Outcome(order_id, kind, "pending", next_at, error)])
+
+    def outcomes(self, outcomes: Sequence[Outcome]) -> None:
+        """What became of sent submissions, in one transaction: final (`acked`, `failed`,
+        `obsolete`: `at` is when), or `pending` again (`at` is when to retry)."""
         with transaction(self._db):
-            self._db.execute(
-                "UPDATE outbox SET attempts = attempts + 1, next_at = ?, last_error = ? "
-                "WHERE order_id = ? AND measurement_type = ?",
-                (next_at, error, order_id, kind),
-            )
+            for o in outcomes:
+                if o.state == "pending":
+                    self._db.execute(
+                        "UPDATE outbox SET attempts = attempts + 1, next_at = ?, last_error = ? "
+                        "WHERE order_id = ? AND measurement_type = ?",
+                        (o.at, o.error, o.order_id, o.kind),
+                    )
+                else:
+                    self._db.execute(
+                        "UPDATE outbox SET state = ?, done_at = ?, last_error = ?, "
+                        "attempts = attempts + 1 WHERE order_id = ? AND measurement_type = ?",
+                        (o.state, o.at, o.error, o.order_id, o.kind),
+                    )
 
     def acked(self, kind: str) -> set[str]:
         """The order ids whose submission of `kind` the market acknowledged (no bodies read)."""
@@ -427,6 +442,70 @@ class Store:
         finally:
             if not durable:
                 self._db.execute("PRAGMA synchronous=FULL")
+
+
+@frozen
+class Outcome:
+    """What became of one sent outbox submission (`Store.outcomes`)."""
+
+    order_id: str
+    kind: str
+    state: str  # acked, failed, obsolete (final), or pending (to be retried at `at`)
+    at: float  # wall time: when it ended, or when to retry
+    error: str | None = None
+
+
+class GroupCommit(Generic[T]):
+    """Writes to the store that many tasks make at once, committed together: `add` waits until a
+    transaction holding its item has committed, and while one commits, the next items gather for
+    the one after (one fsync for many, no more waiting than for one's own). `run` is the writer
+    (a task of the owner's nursery); without it, `add` writes at once."""
+
+    def __init__(self, store: AsyncStore, write: Callable[[Store, list[T]], None]) -> None:
+        self._store = store
+        self._write = write
+        self._pending: list[T] = []
+        self._batch = trio.Event()  # set when the items now pending are committed
+        self._wake = trio.Event()
+        self._running = False
+        self._unwritten: set[trio.Event] = set()
+        self.commits = 0
+
+    async def add(self, item: T) -> None:
+        if not self._running:
+            await self._store.run(self._write, self._store.sync, [item])
+            self.commits += 1
+            return
+        self._pending.append(item)
+        batch = self._batch
+        self._wake.set()
+        await batch.wait()
+        if batch in self._unwritten:  # the writer ended before it came to this batch
+            await self._store.run(self._write, self._store.sync, [item])
+            self.commits += 1
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._running = True
+        task_status.started()
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                if not self._pending:
+                    continue
+                items, self._pending = self._pending, []
+                batch, self._batch = self._batch, trio.Event()
+                with trio.CancelScope(shield=True):  # short; its waiters must hear of it
+                    await self._store.run(self._write, self._store.sync, items)
+                self.commits += 1
+                batch.set()
+        finally:
+            self._running = False
+            if self._pending:  # each waiter writes its own item
+                self._pending = []
+                self._unwritten.add(self._batch)
+                self._batch.set()
+                self._batch = trio.Event()
 
 
 class AsyncStore:
