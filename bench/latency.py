@@ -9,11 +9,14 @@ headers reach the app (an ASGI middleware around the sandbox's app, before the b
 probe then cancels both orders, waits `--gap`, and goes on. A POST that does not come within
 `--timeout` is a miss; one with another price (a late answer to an earlier book) is one too.
 
-Two subjects, each against a fresh probe market, in the same run on the same machine:
+Three subjects, each against a fresh probe market, in the same run on the same machine:
 
 - `floor`: a minimal trio program with no framework (this file, `--floor`): one OAuth token, one
   WebSocket (trio-websocket), orjson, and `httpx.AsyncClient` with keep-alive, the libraries flexbot
-  itself uses;
+  itself uses. For information: it does less than the job;
+- `journalled`: the same program with the duty flexbot has, an order never lost: before each POST
+  it inserts the order into a SQLite file (WAL, `synchronous=FULL`: an fsync) on the same disk as
+  flexbot's store, inline (nothing else runs). The fair floor: the targets are judged against it;
 - `flexbot`: the real daemon, `flexbot run`, with the strategy `bench/strategies/latency_probe.py`,
   no risk limits, logging at `--flexbot-log-level` (warning: no line per event). Its path includes
   what the floor leaves out: the book decoded into model objects, the strategy's inbox and
@@ -21,14 +24,16 @@ Two subjects, each against a fresh probe market, in the same run on the same mac
   sent.
 
 Prints p50, p99, max and misses of each (after `--warmup` events that are not counted), the
-ratios flexbot/floor and whether they meet the targets (p50 ≤ 1.2×, p99 ≤ 2× the floor), and the
+ratios of flexbot to each floor and whether they meet the targets (p50 ≤ 1.2×, p99 ≤ 2× the
+journalled floor), and the
 p50 of the first and last tenth of the run (latency that grows with the orders a run has made).
 Information only: the exit status does not depend on the figures. A subject whose events take
 longer than `--budget` seconds in all (300 by default; 0 for none) stops short, and the report
 says how many it made: a run stays within minutes even when a subject's latency grows with every
 order it holds. The store lives in a temporary directory on the machine's disk (its fsync counts).
 
-    .venv/bin/python bench/latency.py [--events 10000] [--budget 300] [--subjects floor,flexbot]
+    .venv/bin/python bench/latency.py [--events 10000] [--budget 300]
+        [--subjects floor,journalled,flexbot]
 
 Also: `--save FILE` writes every latency in event order (JSON), `--profile FILE` runs flexbot under
 cProfile. `--probe` and `--floor URL` are the two child processes' modes.
@@ -41,6 +46,7 @@ import contextlib
 import os
 import platform
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -285,8 +291,20 @@ def _write_json(path: Path, data: Any) -> None:
 # --- the floor (child process: --floor URL) ------------------------------------------------------
 
 
-async def floor_main(url: str, username: str, password: str) -> None:
-    """A new best ask → a buy at half its price: the job of the strategy, with no framework."""
+def open_journal(path: Path) -> sqlite3.Connection:
+    """The journalled floor's store: one table, WAL, an fsync a commit (as flexbot's)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
+    return db
+
+
+async def floor_main(url: str, username: str, password: str, journal: Path | None = None) -> None:
+    """A new best ask → a buy at half its price: the job of the strategy, with no framework (and,
+    with `journal`, each order committed to SQLite before it is sent)."""
+    db = open_journal(journal) if journal is not None else None
     async with httpx.AsyncClient(base_url=url, timeout=10) as http:
         form = {
             "client_id": "glocalflexmarket_public_api",
@@ -320,9 +338,10 @@ async def floor_main(url: str, username: str, password: str) -> None:
                     "expiry_time": (start - timedelta(seconds=60)).strftime("%Y-%m-%dT%H:%M:%SZ"),
                     "location": {"location_id": ["floor-site"], "country_code": "DE"},
                 }
-                response = await http.post(
-                    "/api/v1/order/", content=orjson.dumps(order), headers=headers
-                )
+                body = orjson.dumps(order)
+                if db is not None:
+                    db.execute("INSERT INTO orders (body) VALUES (?)", (body,))  # commits: fsync
+                response = await http.post("/api/v1/order/", content=body, headers=headers)
                 response.raise_for_status()
 
 
@@ -359,9 +378,11 @@ def flexbot_config(tmp: Path, url: str, log_level: str, store_dir: Path) -> Path
 
 
 def subject_argv(name: str, tmp: Path, url: str, args: argparse.Namespace) -> list[str]:
+    store_dir = tmp / "state" if args.store_dir is None else args.store_dir / tmp.name
     if name == "floor":
         return [sys.executable, __file__, "--floor", url]
-    store_dir = tmp / "state" if args.store_dir is None else args.store_dir / tmp.name
+    if name == "journalled":
+        return [sys.executable, __file__, "--floor", url, "--journal", str(store_dir / "floor.db")]
     config = flexbot_config(tmp, url, args.flexbot_log_level, store_dir)
     run = ["-m", "flexbot.cli", "run", "--config", str(config)]
     if args.profile:
@@ -462,7 +483,7 @@ def report(results: dict[str, Outcome], args: argparse.Namespace, elapsed: float
     )
     print(f"machine: {cpus} CPUs, {platform.machine()}, {platform.system()}, Python {python}")
     print(
-        f"{'':>8} {'events':>7} {'p50':>9} {'p99':>9} {'max':>9} {'misses':>7}"
+        f"{'':>10} {'events':>7} {'p50':>9} {'p99':>9} {'max':>9} {'misses':>7}"
         "  p50 first/last tenth"
     )
     stats = {name: summary(outcome) for name, outcome in results.items()}
@@ -471,21 +492,26 @@ def report(results: dict[str, Outcome], args: argparse.Namespace, elapsed: float
         made = len(outcome.latencies) + outcome.misses + outcome.stale
         misses = outcome.misses + outcome.stale
         if not s:
-            print(f"{name:>8} {made:>7} {'-':>9} {'-':>9} {'-':>9} {misses:>7}")
+            print(f"{name:>10} {made:>7} {'-':>9} {'-':>9} {'-':>9} {misses:>7}")
             continue
         ms = {k: f"{v * 1000:.3f}" for k, v in s.items()}
         print(
-            f"{name:>8} {made:>7} {ms['p50']:>6} ms {ms['p99']:>6} ms {ms['max']:>6} ms"
+            f"{name:>10} {made:>7} {ms['p50']:>6} ms {ms['p99']:>6} ms {ms['max']:>6} ms"
             f" {misses:>7}  {ms['first_p50']} / {ms['last_p50']} ms"
         )
-    if stats.get("floor") and stats.get("flexbot"):
+    for floor, judged in (("journalled", True), ("floor", False)):
+        if not (stats.get(floor) and stats.get("flexbot")):
+            continue
         parts = []
         for key, target in TARGETS.items():
-            ratio = stats["flexbot"][key] / stats["floor"][key]
+            ratio = stats["flexbot"][key] / stats[floor][key]
             met = "met" if ratio <= target else "not met"
-            parts.append(f"{key} {ratio:.2f} (target ≤ {target:g}: {met})")
-        ratio_max = stats["flexbot"]["max"] / stats["floor"]["max"]
-        print(f"ratio flexbot/floor: {', '.join(parts)}, max {ratio_max:.2f}")
+            parts.append(
+                f"{key} {ratio:.2f}" + (f" (target ≤ {target:g}: {met})" if judged else "")
+            )
+        ratio_max = stats["flexbot"]["max"] / stats[floor]["max"]
+        what = "the targets' floor" if judged else "information: it journals nothing"
+        print(f"ratio flexbot/{floor}: {', '.join(parts)}, max {ratio_max:.2f}   ({what})")
     for name, outcome in results.items():
         made = len(outcome.latencies) + outcome.misses + outcome.stale
         if made < outcome.planned:
@@ -508,7 +534,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=300.0,
         help="s a subject's measured events may take; then it stops short (0: no limit)",
     )
-    parser.add_argument("--subjects", default="floor,flexbot", help="comma-separated, in order")
+    parser.add_argument(
+        "--subjects", default="floor,journalled,flexbot", help="comma-separated, in order"
+    )
     parser.add_argument("--keep-logs", type=Path, help="copy the processes' logs into this dir")
     parser.add_argument(
         "--store-dir",
@@ -527,13 +555,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     mode.add_argument("--floor", metavar="URL", help=argparse.SUPPRESS)
+    parser.add_argument("--journal", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--ready", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     subjects = [s for s in args.subjects.split(",") if s]
-    unknown = set(subjects) - {"floor", "flexbot"}
+    unknown = set(subjects) - {"floor", "journalled", "flexbot"}
     if unknown or not subjects:
-        parser.error(f"--subjects: choose from floor, flexbot (got {args.subjects!r})")
+        parser.error(f"--subjects: choose from floor, journalled, flexbot (got {args.subjects!r})")
     if min(args.events - 1, args.warmup, args.gap, args.budget) < 0 or args.timeout <= 0:
         parser.error("--events must be ≥ 1, --warmup, --gap and --budget ≥ 0, --timeout > 0")
     args.subject_list = subjects
@@ -547,7 +576,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         trio.run(probe_main, args)
         return
     if args.floor:
-        trio.run(floor_main, args.floor, SUBJECT, SUBJECT_PASSWORD)
+        trio.run(floor_main, args.floor, SUBJECT, SUBJECT_PASSWORD, args.journal)
         return
     started = time.perf_counter()
     results: dict[str, Outcome] = {}
