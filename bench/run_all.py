@@ -1,8 +1,11 @@
 """Every benchmark, one after the other, each in its own process: `make bench`.
 
 Each prints its own figures and its ratio against a baseline measured in the same run. This only
-runs them in turn (so that none shares the machine with another), shows the machine once, and
-exits non-zero if one of them failed to run. The chaos run is not here: it is `make chaos`.
+runs them in turn (so that none shares the machine with another), shows the machine once, ends
+with a summary of every figure that has a target (each bench's lines that name one: start-up,
+the memory soak, tick → order against both floors, the outbox, the portfolio's), and exits
+non-zero if one of them failed to run (a target not met is a figure, not a failure). The chaos
+run is not here: it is `make chaos`.
 
     .venv/bin/python bench/run_all.py [--quick] [--only NAME[,NAME...]]
 """
@@ -66,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown benchmark {sorted(unknown)}; known: {[n for n, _, _ in BENCHES]}")
     print(f"machine: {machine()}", flush=True)
     failed = []
+    targets: list[tuple[str, str]] = []
     for name, full, quick in BENCHES:
         if only and name not in only:
             continue
@@ -73,10 +77,20 @@ def main(argv: list[str] | None = None) -> int:
         command = [sys.executable, str(HERE / f"{name}.py"), *extra]
         print(f"\n=== {name} {' '.join(extra)}".rstrip(), flush=True)
         started = time.monotonic()
-        status = subprocess.run(command, check=False).returncode
+        with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, bufsize=1) as running:
+            assert running.stdout is not None
+            for line in running.stdout:  # shown as it comes, and kept if it names a target
+                print(line, end="", flush=True)
+                if "target" in line:
+                    targets.append((name, line.strip()))
+        status = running.returncode
         print(f"=== {name}: {time.monotonic() - started:.1f} s, exit {status}", flush=True)
         if status != 0:
             failed.append(name)
+    if targets:
+        print("\n=== summary: the figures with a target")
+        for name, line in targets:
+            print(f"{name:>12}  {line}")
     if failed:
         print(f"\nfailed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
