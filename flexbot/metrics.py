@@ -11,6 +11,8 @@ own, never the process-global one.
 | flexbot_orders | gauge | strategy, state (pending, open, unknown, done, rejected…) |
 | flexbot_order_events_total | counter | event (intents, placed, rejected, unknown, fills…) |
 | flexbot_filled_power_watts | gauge | strategy, side (power of all contracts) |
+| flexbot_contract_{energy_kwh,eur} | gauge | strategy, side, standing (settled, pending, failed) |
+| flexbot_settled_eur_total | counter | strategy, side: € of contracts settled since start |
 | flexbot_risk_rejections_total | counter | limit |
 | flexbot_ws_{connects,disconnects,messages}_total | counter | endpoint |
 | flexbot_ws_messages_too_big_total | counter | endpoint (links closed 1009, message too big) |
@@ -52,7 +54,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from flexbot import logs
+from flexbot.buffers import BoundedSet
 from flexbot.engine.deliverable import site_rooms
+from flexbot.engine.orders import Change
+from flexbot.ledger import Ledger, Standing, amount_eur, standing
 from flexbot.parts import Parts, backlogs
 from flexbot.trading import IntentState, Window
 
@@ -70,6 +75,9 @@ class MetricsSettings:
 class Metrics(Collector):
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # € of contracts settled since start, by (strategy, side); each contract counted once.
+        self.settled_eur: dict[tuple[str, str], Decimal] = {}
+        self._settled_seen: BoundedSet[str] = BoundedSet(SETTLED_REMEMBERED)
         self.rest_latency = Histogram(
             "flexbot_rest_request_seconds",
             "Time the market took to answer a REST request",
@@ -86,6 +94,18 @@ class Metrics(Collector):
     def attach(self, parts: Parts) -> None:
         self.parts = parts
         parts.market.client.on_latency = self.observe_latency
+        parts.engine.observers.append(self.observe_change)
+
+    def observe_change(self, change: Change) -> None:
+        """A contract settled (seen first now): its money counts in `flexbot_settled_eur_total`."""
+        contract = change.contract
+        if contract is None or standing(contract) is not Standing.SETTLED:
+            return
+        if contract.contract_id in self._settled_seen:
+            return
+        self._settled_seen.add(contract.contract_id)
+        key = (change.order.strategy, str(change.order.side))
+        self.settled_eur[key] = self.settled_eur.get(key, Decimal(0)) + amount_eur(contract)
 
     def observe_latency(self, method: str, seconds: float) -> None:
         self.rest_latency.labels(method=method).observe(seconds)
@@ -146,6 +166,7 @@ class Metrics(Collector):
         yield alarms
         yield from backlog_metrics(parts)
         yield from portfolio_metrics(parts)
+        yield from money_metrics(parts, self.settled_eur)
 
     def _streams(self, parts: Parts) -> Iterator[Metric]:
         yield from stream_metrics(parts.feed)
@@ -197,6 +218,37 @@ def backlog_metrics(parts: Parts) -> Iterator[Metric]:
         size.add_metric([backlog, strategy], len(buffer))
         capacity.add_metric([backlog, strategy], buffer.capacity)
     yield from (dropped, size, capacity)
+
+
+SETTLED_REMEMBERED = 100_000  # contract ids known settled (so a repeated report counts once)
+
+
+def money_metrics(parts: Parts, settled_eur: dict[tuple[str, str], Decimal]) -> Iterator[Metric]:
+    """Energy and money of the contracts in memory, by where they stand; € settled since start."""
+    labels = ["strategy", "side", "standing"]
+    energy = GaugeMetricFamily(
+        "flexbot_contract_energy_kwh", "Energy of own contracts in memory", labels=labels
+    )
+    money = GaugeMetricFamily(
+        "flexbot_contract_eur", "Money of own contracts in memory", labels=labels
+    )
+    ledger = Ledger.of(
+        (intent.strategy, str(intent.request.side), contract)
+        for intent in parts.tracker
+        if intent.order is not None
+        for contract in intent.order.contracts
+    )
+    for (strategy, side, which), tally in sorted(ledger.cells.items()):
+        energy.add_metric([strategy, side, str(which)], float(tally.energy_kwh))
+        money.add_metric([strategy, side, str(which)], float(tally.eur))
+    yield energy
+    yield money
+    settled = CounterMetricFamily(
+        "flexbot_settled_eur", "Money of contracts settled since start", labels=["strategy", "side"]
+    )
+    for (strategy, side), eur in sorted(settled_eur.items()):
+        settled.add_metric([strategy, side], float(eur))
+    yield settled
 
 
 SITE_WINDOWS = 4  # upcoming windows reported per site

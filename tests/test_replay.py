@@ -130,10 +130,10 @@ def buyer_recording() -> list[bytes]:
     ]
 
 
-BUYER_WINDOWS = {  # window → (bought kW, P&L €)
-    "2026-11-23T10:15Z/10:30Z": ("3.000", "-0.1500"),  # 3 kW × 0.25 h × 0.20 €/kWh
-    "2026-11-23T10:30Z/10:45Z": ("1.000", "-0.0675"),  # 1 kW × 0.25 h × 0.27 €/kWh
-    "2026-11-23T11:15Z/11:30Z": ("2.000", "-0.1400"),  # 2 kW × 0.25 h × 0.28 €/kWh
+BUYER_WINDOWS = {  # window → (bought kWh, P&L €)
+    "2026-11-23T10:15Z/10:30Z": ("0.750", "-0.1500"),  # 3 kW × 0.25 h × 0.20 €/kWh
+    "2026-11-23T10:30Z/10:45Z": ("0.250", "-0.0675"),  # 1 kW × 0.25 h × 0.27 €/kWh
+    "2026-11-23T11:15Z/11:30Z": ("0.500", "-0.1400"),  # 2 kW × 0.25 h × 0.28 €/kWh
 }
 
 
@@ -171,12 +171,12 @@ def test_replay_cli_buys_cheap_offers_inside_the_buyers_horizon(tmp_path: Path) 
     lines = done.stdout.splitlines()
     # 4 events: the raw frame is not one; the /trade line is one, but ignored.
     assert lines[0] == "events 4, orders 3, filled 3, cancelled 0, rejected by risk 0"
-    assert lines[1].split() == ["window", "bought", "kW", "sold", "kW", "fills", "P&L", "€"]
+    assert lines[1].split() == ["window", "bought", "kWh", "sold", "kWh", "fills", "P&L", "€"]
     rows = {cells[0]: cells[1:] for cells in (row.split() for row in lines[2:-1])}
     assert rows == {
         name: [bought, "0.000", "1", pnl] for name, (bought, pnl) in BUYER_WINDOWS.items()
     }
-    assert lines[-1].split() == ["total", "-0.3575"]
+    assert lines[-1].split() == ["total", "1.500", "0.000", "-0.3575"]
 
 
 def test_replay_is_deterministic(tmp_path: Path) -> None:
@@ -189,9 +189,8 @@ def test_replay_is_deterministic(tmp_path: Path) -> None:
     assert first == second
     assert first.lines() == second.lines()
     assert first.cash_eur == Decimal("-0.3575")
-    assert {str(w): (r.bought_w, r.cash_eur) for w, r in first.windows.items()} == {
-        name: (Decimal(bought) * 1000, Decimal(pnl))
-        for name, (bought, pnl) in BUYER_WINDOWS.items()
+    assert {str(w): (r.bought_kwh, r.cash_eur) for w, r in first.windows.items()} == {
+        name: (Decimal(bought), Decimal(pnl)) for name, (bought, pnl) in BUYER_WINDOWS.items()
     }
 
 
@@ -219,8 +218,8 @@ def test_the_seller_sells_to_bids_at_or_above_its_floor() -> None:
     ]
     report = run_replay(spec, events)
     assert report.windows.keys() == {window(15), window(30), window(45)}
-    assert {w.start: (r.sold_w, r.bought_w, r.fills) for w, r in report.windows.items()} == {
-        w.start: (Decimal(5000), Decimal(0), 1) for w in (window(15), window(30), window(45))
+    assert {w.start: (r.sold_kwh, r.bought_kwh, r.fills) for w, r in report.windows.items()} == {
+        w.start: (Decimal("1.25"), Decimal(0), 1) for w in (window(15), window(30), window(45))
     }
     assert {w.start: r.cash_eur for w, r in report.windows.items()} == {
         window(15).start: Decimal("0.25"),  # 5 kW × 0.25 h × 0.20 €/kWh

@@ -29,6 +29,7 @@ from flexbot import config, daemon, model
 from flexbot.assets.link import LocalBus
 from flexbot.clock import MarketClock
 from flexbot.commands import UsageError, add_log_format
+from flexbot.ledger import Ledger, Standing
 from flexbot.parts import Parts
 from flexbot.sandbox.fleet import SimulatedFleet, demo_fleet
 from flexbot.sandbox.lifecycle import LifecycleRules
@@ -216,13 +217,18 @@ async def gather(parts: Parts) -> dict[str, Any]:
         cancelled += order.status == model.OrderStatus.CANCELLED
         for contract in order.contracts:
             contracts[contract.contract_id] = contract
-    traded = sum((c.power for c in contracts.values()), Decimal(0))
+    ledger = Ledger.of(
+        (intent.strategy, str(intent.request.side), contract)
+        for intent in parts.tracker
+        if intent.order is not None
+        for contract in intent.order.contracts
+    )
     statuses = Counter(str(c.status) for c in contracts.values())
     return {
         "placed": parts.engine.counts.get("placed", 0),
         "fills": parts.engine.counts.get("fills", 0),
         "cancelled": cancelled,
-        "traded_kw": traded / 1000,
+        "ledger": ledger,
         "baselines": acked["baseline"],
         "meterings": acked["metering"],
         "contracts": len(contracts),
@@ -259,13 +265,26 @@ def portfolio(parts: Parts) -> dict[str, Any]:
     }
 
 
+def _money(ledger: Ledger, contracts: int) -> list[str]:
+    sold, bought = ledger.total("sell"), ledger.total("buy")
+    settled = ledger.total("sell", Standing.SETTLED).eur - ledger.total("buy", Standing.SETTLED).eur
+    lost = ledger.total("sell", Standing.FAILED).eur
+    return [
+        f"  traded       {sold.energy_kwh + bought.energy_kwh:.2f} kWh of flexibility in "
+        f"{contracts} contracts: sold {sold.energy_kwh:.2f} kWh for €{sold.eur:.2f}, "
+        f"bought {bought.energy_kwh:.2f} kWh for €{bought.eur:.2f}",
+        f"  money        net €{ledger.net_eur():.2f}; settled €{settled:.2f}, the rest pending; "
+        f"€{lost:.2f} lost to failed verification",
+    ]
+
+
 async def summary(parts: Parts) -> list[str]:
     f = await gather(parts)
     return [
         "",
         "flexbot demo: summary",
         f"  orders       {f['placed']} placed, {f['fills']} fills, {f['cancelled']} cancelled",
-        f"  traded       {f['traded_kw']:.1f} kW of flexibility in {f['contracts']} contracts",
+        *_money(f["ledger"], f["contracts"]),
         f"  submissions  {f['baselines']} baselines and {f['meterings']} meterings acknowledged",
         f"  contracts    {f['verified']} verified, {f['verification_failed']} failed "
         f"verification, {f['settled']} settled",

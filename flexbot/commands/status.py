@@ -24,6 +24,7 @@ from flexbot.commands import add_config_option, add_log_format, load_config
 from flexbot.engine import killswitch
 from flexbot.engine.deliverable import site_rooms
 from flexbot.engine.orders import Intent
+from flexbot.ledger import Ledger, amount_eur, energy_kwh
 from flexbot.problems import Invalid
 from flexbot.store import (
     DAEMON,
@@ -145,8 +146,16 @@ def report(
     for contract, row in fills[:RECENT_FILLS]:
         out.append(
             f"  {row.strategy:<12} {contract.delivery_start:%m-%d %H:%M} {contract.power:>7} W "
-            f"@ {contract.price:<7} {contract.status}"
+            f"{energy_kwh(contract):>8.3f} kWh @ {contract.price:.4f} €/kWh = "
+            f"€{amount_eur(contract):.2f}  {contract.status}"
         )
+    ledger = Ledger.of(
+        (row.strategy, str(order.side), contract)
+        for row, order in orders
+        if order is not None
+        for contract in order.contracts
+    )
+    out += ["", "money and energy (contracts by where they stand)", *ledger.lines()]
     outbox = {(r.order_id, r.measurement_type): r for r in store.outbox()}
     waiting_metering = [
         c

@@ -29,6 +29,7 @@ from flexbot.engine.loader import StrategySpec
 from flexbot.engine.orders import OrderTracker
 from flexbot.engine.recording import Recorded, read
 from flexbot.engine.settings import EngineSettings
+from flexbot.ledger import amount_eur, energy_kwh
 from flexbot.market import Endpoint, TradeEvent
 from flexbot.problems import Invalid
 from flexbot.schedule import Schedule
@@ -37,8 +38,8 @@ from flexbot.trading import IntentState, Window
 
 @define
 class WindowResult:
-    bought_w: Decimal = Decimal(0)
-    sold_w: Decimal = Decimal(0)
+    bought_kwh: Decimal = Decimal(0)
+    sold_kwh: Decimal = Decimal(0)
     cash_eur: Decimal = Decimal(0)  # sales in, purchases out
     fills: int = 0
 
@@ -60,15 +61,17 @@ class ReplayReport:
         out = [
             f"events {self.events}, orders {self.orders}, filled {self.filled}, "
             f"cancelled {self.cancelled}, rejected by risk {self.rejected}",
-            f"{'window':<24} {'bought kW':>10} {'sold kW':>10} {'fills':>6} {'P&L €':>10}",
+            f"{'window':<24} {'bought kWh':>11} {'sold kWh':>10} {'fills':>6} {'P&L €':>10}",
         ]
         for window in sorted(self.windows):
             r = self.windows[window]
             out.append(
-                f"{window!s:<24} {r.bought_w / 1000:>10.3f} {r.sold_w / 1000:>10.3f} "
+                f"{window!s:<24} {r.bought_kwh:>11.3f} {r.sold_kwh:>10.3f} "
                 f"{r.fills:>6} {r.cash_eur:>10.4f}"
             )
-        out.append(f"{'total':<24} {'':>10} {'':>10} {'':>6} {self.cash_eur:>10.4f}")
+        bought = sum((r.bought_kwh for r in self.windows.values()), Decimal(0))
+        sold = sum((r.sold_kwh for r in self.windows.values()), Decimal(0))
+        out.append(f"{'total':<24} {bought:>11.3f} {sold:>10.3f} {'':>6} {self.cash_eur:>10.4f}")
         return out
 
 
@@ -149,17 +152,16 @@ def _report(tracker: OrderTracker, events: int, rejected: int) -> ReplayReport:
         if order.status == model.OrderStatus.CANCELLED:
             cancelled += 1
         window = Window.of(intent.request)
-        hours = Decimal(int((window.end - window.start).total_seconds())) / Decimal(3600)
         for contract in order.contracts:
             result = windows[window]
             result.fills += 1
-            kwh = contract.power * hours / Decimal(1000)
+            kwh, eur = energy_kwh(contract), amount_eur(contract)
             if intent.request.side is model.Side.BUY:
-                result.bought_w += contract.power
-                result.cash_eur -= contract.price * kwh
+                result.bought_kwh += kwh
+                result.cash_eur -= eur
             else:
-                result.sold_w += contract.power
-                result.cash_eur += contract.price * kwh
+                result.sold_kwh += kwh
+                result.cash_eur += eur
         if order.contracts:
             filled += 1
     assert all(
