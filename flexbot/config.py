@@ -211,7 +211,9 @@ def load(
     try:
         config = wire.structure(document, FlexbotConfig, converter=wire.STRICT_CONVERTER)
     except Invalid as exc:
-        raise ConfigError(path, list(exc.problems)) from None
+        # The strategy files' problems are told too, not only once flexbot.yaml is clean.
+        located = [(path, p) for p in exc.problems]
+        raise ConfigError.of(located + _strategy_problems_of(document, path, env)) from None
     problems = _check(config)
     password: Secret | None = None if secrets else Secret("")
     try:
@@ -262,6 +264,7 @@ def load(
         if _is(config_dir.is_dir):
             found, strategy_problems = load_strategies(config_dir, code_dir)
             strategies, located = found, located + strategy_problems
+            located += _refused_everywhere(config.risk, strategies)
         elif config.strategies.config_dir != StrategiesConfig().config_dir:
             # Only a directory named on purpose must exist; the default may be absent (none).
             problem = Problem(("strategies", "config_dir"), f"no such directory: {config_dir}")
@@ -349,6 +352,56 @@ def _meter_catalogue(
             )
         )
     return meters
+
+
+def _strategy_problems_of(
+    document: Any, path: Path, env: Mapping[str, str]
+) -> list[tuple[Path, Problem]]:
+    """The strategy files' problems, read with the `strategies` paths of a `flexbot.yaml` that
+    has problems of its own (defaults where those paths are not readable)."""
+    raw = document.get("strategies") if isinstance(document, dict) else None
+    raw = raw if isinstance(raw, dict) else {}
+    default = StrategiesConfig()
+    dirs = []
+    for key, fallback in (("config_dir", default.config_dir), ("code_dir", default.code_dir)):
+        value = raw.get(key, fallback)
+        try:
+            dirs.append(
+                _relative(_expand(value if isinstance(value, str) else fallback, env), path.parent)
+            )
+        except Invalid:
+            return []
+    config_dir, code_dir = dirs
+    if config_dir is None or code_dir is None or not _is(config_dir.is_dir):
+        return []
+    return load_strategies(config_dir, code_dir)[1]
+
+
+def _refused_everywhere(
+    risk: RiskLimits, strategies: list[StrategySpec]
+) -> list[tuple[Path, Problem]]:
+    """An enabled strategy whose own location the global or its own limits forbid: every order
+    it places would be refused."""
+    problems = []
+    for spec in strategies:
+        if not spec.enabled:
+            continue
+        country, sites = spec.location.country_code, spec.location.location_id
+        for scope, limits in (("global risk", risk), ("its own risk", spec.risk)):
+            allowed = limits.countries
+            if allowed is not None and country not in allowed:
+                why = f"{scope} allows the countries {list(allowed)} only: every order refused"
+                problems.append((spec.path, Problem(("location", "country_code"), why)))
+            if limits.locations is not None:
+                outside = [site for site in sites if site not in limits.locations]
+                if outside or not sites:
+                    names = outside or ["(none)"]
+                    why = (
+                        f"{scope} allows the locations {list(limits.locations)} only, not "
+                        f"{', '.join(map(str, names))}: every order refused"
+                    )
+                    problems.append((spec.path, Problem(("location", "location_id"), why)))
+    return problems
 
 
 def _meter_secrets(

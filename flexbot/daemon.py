@@ -237,6 +237,7 @@ async def _trade(
                 restored=len(parts.tracker.live()),
             )
             notify.notify("READY=1", f"STATUS={summary_line(parts)}")
+            nursery.start_soon(_heartbeat, store)
             nursery.start_soon(notify.keep_watchdog)  # from here, a stuck loop is fatal
             await control.stop.wait()
             notify.notify("STOPPING=1")
@@ -261,6 +262,17 @@ def _recorder(loaded: config.LoadedConfig, clock: MarketClock) -> Recorder | Non
     engine = loaded.config.engine
     settings = RecorderSettings(max_bytes=engine.record_max_mb * MIB, keep=engine.record_keep)
     return Recorder(loaded.record_path, clock.now, settings)
+
+
+async def _heartbeat(store: AsyncStore) -> None:
+    """READY, then a heartbeat every `HEARTBEAT_S`, in the store: `flexbot status` tells a daemon
+    that runs and answers from one whose process holds the lock but is stuck."""
+    at = wire.format_datetime(datetime.now(UTC))
+    await store.run(store.sync.set_flag, lock.READY_FLAG, at, at)
+    while True:
+        at = wire.format_datetime(datetime.now(UTC))
+        await store.run(store.sync.set_flag, lock.HEARTBEAT_FLAG, at, at)
+        await trio.sleep(lock.HEARTBEAT_S)
 
 
 async def _latch_when_wanted(control: Control, store: AsyncStore) -> None:

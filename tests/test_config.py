@@ -366,3 +366,47 @@ def test_check_config_lists_located_problems_and_exits_2(tmp_path: Path) -> None
     assert done.returncode == 2
     assert f"{path}: $.market.x: unknown key" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def a_buyer(tmp_path: Path, **location: Any) -> None:
+    (tmp_path / "strategies").mkdir(exist_ok=True)
+    buyer = {
+        "module": "buyer",
+        "class": "FlexBuyer",
+        "location": {"location_id": ["site-1"], "country_code": "DE", **location},
+        "params": {"limit_price": 0.2},
+    }
+    write(tmp_path / "strategies", buyer, "buyer.yaml")
+
+
+def test_a_strategy_files_problems_are_told_with_flexbot_yamls_own(tmp_path: Path) -> None:
+    a_buyer(tmp_path)
+    strategy = yaml.safe_load((tmp_path / "strategies" / "buyer.yaml").read_text())
+    strategy["params"]["limit_price"] = "cheap"
+    write(tmp_path / "strategies", strategy, "buyer.yaml")
+    document = {
+        **GOOD,
+        "engine": {"max_failures": 0},
+        "strategies": {"code_dir": str(REPO / "strategies")},
+    }
+    found = problems_of(write(tmp_path, document))
+    assert [line.replace(str(tmp_path), "") for line in found] == [
+        "/flexbot.yaml: $.engine.max_failures: must be at least 1, got 0",
+        "/strategies/buyer.yaml: $.params.limit_price: expected a number, got the string 'cheap'",
+    ]
+
+
+def test_a_strategy_the_risk_limits_forbid_everywhere_is_a_problem(tmp_path: Path) -> None:
+    a_buyer(tmp_path, country_code="FR", location_id=["site-9"])
+    document = {
+        **GOOD,
+        "strategies": {"code_dir": str(REPO / "strategies")},
+        "risk": {"countries": ["DE"], "locations": ["site-1", "site-2"]},
+    }
+    found = problems_of(write(tmp_path, document))
+    assert [line.replace(str(tmp_path), "") for line in found] == [
+        "/strategies/buyer.yaml: $.location.country_code: global risk allows the countries"
+        " ['DE'] only: every order refused",
+        "/strategies/buyer.yaml: $.location.location_id: global risk allows the locations"
+        " ['site-1', 'site-2'] only, not site-9: every order refused",
+    ]

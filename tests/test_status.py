@@ -5,6 +5,7 @@ password. Through the real command (`flexbot.cli.main`) on a real SQLite file.""
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -57,3 +58,33 @@ def test_status_tells_a_running_daemon_and_an_order_cut_off_as_unknown(
     shown = capsys.readouterr().out
     assert f"daemon: running (pid {os.getpid()}" in shown
     assert "open orders: 1 (1 pending)" in shown  # a running daemon may be sending it now
+
+
+def test_status_tells_a_starting_a_ready_and_a_stuck_daemon(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FLEXBOT_TEST_PW", raising=False)
+    config = write(tmp_path, {**GOOD, "store": {"path": "flexbot.db"}})
+    now = datetime.now(UTC)
+
+    def at(seconds_ago: float) -> str:
+        return wire.format_datetime(now - timedelta(seconds=seconds_ago))
+
+    def shown(flags: dict[str, str]) -> str:
+        store = Store.open(tmp_path / "flexbot.db")
+        try:
+            for name, value in flags.items():
+                store.set_flag(name, value, value)
+        finally:
+            store.close()
+        with lock.hold(tmp_path / "flexbot.db"):
+            assert cli.main(["status", "--config", str(config)]) == 0
+        return next(x for x in capsys.readouterr().out.splitlines() if x.startswith("daemon:"))
+
+    # An earlier run's READY does not make this one ready.
+    starting = shown({lock.READY_FLAG: at(7200), lock.STARTED_FLAG: at(5)})
+    assert "up 5 s, starting (not ready yet)" in starting
+    ready = shown({lock.READY_FLAG: at(3), lock.HEARTBEAT_FLAG: at(2)})
+    assert "up 5 s, ready, last heartbeat 2 s ago" in ready
+    stuck = shown({lock.STARTED_FLAG: at(3600), lock.HEARTBEAT_FLAG: at(600)})
+    assert "up 60 min, ready, NOT ANSWERING: last heartbeat 10 min ago" in stuck

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from flexbot import config
 from flexbot.commands import add_config_option, add_log_format, load_config
 from flexbot.redaction import redact_url
 
@@ -41,4 +42,21 @@ def run(args: argparse.Namespace) -> int:
         fixed = f"{len(loaded.fixed_assets)} with fixed limits" if loaded.fixed_assets else ""
         nothing = "no broker and no catalogue: no asset can be known, every sell will be refused"
         print(f"assets: {', '.join(p for p in (heard, fixed) if p) or nothing}")
+    for line in unmetered(loaded):
+        print(line)
     return 0
+
+
+def unmetered(loaded: config.LoadedConfig) -> list[str]:
+    """Warnings (not problems: a strategy may only buy there): the sites of enabled strategies
+    with no meter, whose sells would get no metering, nor a baseline from meters."""
+    metered = {m.location_id for m in loaded.meters}
+    out = []
+    for spec in loaded.strategies:
+        missing = [s for s in spec.location.location_id if s and s not in metered]
+        if spec.enabled and missing:
+            out.append(
+                f"warning: strategy {spec.name}: no meter at {', '.join(missing)}: a sell there "
+                "gets no metering and no baseline from meters (verification would fail)"
+            )
+    return out

@@ -84,7 +84,7 @@ def report(
     out = [f"store {loaded.store_path} (schema {store.schema_version})"]
     started = store.flag(lock.STARTED_FLAG)
     if daemon.held:
-        out.append(f"daemon: running (pid {daemon.pid or '?'}, started {started or '?'})")
+        out.append(f"daemon: running (pid {daemon.pid or '?'}, {_life(store, started)})")
     elif daemon.held is None:
         out.append(f"daemon: cannot tell whether it runs ({daemon.why})")
     else:
@@ -237,6 +237,34 @@ def sites(
                     f"{room.free_w / 1000:>7.2f} kW free"
                 )
     return out
+
+
+def _life(store: Store, started: str | None) -> str:
+    """A running daemon's life: since when, ready or still starting, its last heartbeat."""
+    now = datetime.now(UTC)
+    if started is None:
+        return "started ?"
+    began = wire.parse_datetime(started)
+    parts = [f"started {started}, up {_span((now - began).total_seconds())}"]
+    ready = store.flag(lock.READY_FLAG)
+    if ready is None or wire.parse_datetime(ready) < began:
+        parts.append("starting (not ready yet)")
+    else:
+        parts.append("ready")
+    beat = store.flag(lock.HEARTBEAT_FLAG)
+    if beat is not None and wire.parse_datetime(beat) >= began:
+        age = (now - wire.parse_datetime(beat)).total_seconds()
+        late = age > 3 * lock.HEARTBEAT_S
+        parts.append(f"{'NOT ANSWERING: ' if late else ''}last heartbeat {_span(age)} ago")
+    return ", ".join(parts)
+
+
+def _span(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _asset_line(fleet: Fleet, asset: Asset, now: datetime) -> str:

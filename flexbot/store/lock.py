@@ -25,6 +25,9 @@ from flexbot.store.faults import StoreError, os_failure
 
 # The flag (in the store's flags) the daemon sets when it starts: when, and proof it can write.
 STARTED_FLAG = "daemon.started"
+READY_FLAG = "daemon.ready"  # wall time the daemon last reached READY
+HEARTBEAT_FLAG = "daemon.heartbeat"  # wall time of the running daemon's last heartbeat
+HEARTBEAT_S = 30.0  # between two heartbeats
 
 # A `flexbot status` probe holds the lock for microseconds: a daemon starting at that instant
 # waits this long before it calls the store taken.
