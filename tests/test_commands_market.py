@@ -123,8 +123,10 @@ async def test_orders_place_list_show_cancel_and_cancel_all_round_trip(market: M
 
     listed = await as_alice(market, "orders", "list")
     assert listed.status == 0, listed.stderr
-    rows = {m[0]: line for line in listed.lines() if (m := UUID.search(line))}
-    assert len(rows) == len(listed.lines())  # one order a line
+    header, *lines = listed.lines()
+    assert header.endswith("open orders (the journal and the market's listing)")
+    rows = {m[0]: line for line in lines if (m := UUID.search(line))}
+    assert len(rows) == len(lines)  # one order a line
     assert set(placed) <= set(rows)  # (other tests may have left orders of alice's too)
     assert all("matching_active" in rows[i] for i in placed)
 
@@ -151,6 +153,51 @@ async def test_orders_place_list_show_cancel_and_cancel_all_round_trip(market: M
     assert f"{placed[0]} cancelled" not in everything.lines()  # only open orders are cancelled
     truth = sandbox_orders(market)
     assert {truth[i]["status"] for i in placed} == {"cancelled"}
+
+
+@pytest.fixture(scope="module")
+def real_like(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Market]:
+    """A sandbox answering GET /api/v1/order/ with 405, as the real market documents no listing."""
+    logs = tmp_path_factory.mktemp("no-listing")
+    with sandbox_process(logs, "--rate-limit", "off", "--no-listing") as running:
+        yield running
+
+
+async def test_list_and_cancel_all_work_from_the_journal_where_the_market_lists_nothing(
+    real_like: Market, tmp_path: Path
+) -> None:
+    settings = {
+        "market": {"url": real_like.url, "username": "alice", "password": "${FLEXBOT_PASSWORD}"},
+        "store": {"path": "flexbot.db"},
+    }
+    config = tmp_path / "flexbot.yaml"
+    config.write_text(json.dumps(settings))  # JSON is YAML
+    env = {"FLEXBOT_PASSWORD": "alice-pw"}
+    placed = []
+    for price in ("0.2", "0.21"):
+        args = [*PLACE[:4], "--price", price, *PLACE[6:], "--start", "+2h"]
+        result = await flexbot("orders", "place", *args, "--config", str(config), **env)
+        assert result.status == 0, result.stderr
+        match = UUID.search(result.lines()[0])
+        assert match is not None
+        placed.append(match[0])
+    # Without the journal there is nothing to name them: said, not a traceback.
+    blind = await flexbot("orders", "list", "--url", real_like.url, "--user", "alice", **env)
+    assert blind.status == 2
+    assert "the market lists no orders" in blind.stderr
+    assert "Traceback" not in blind.stderr
+    listed = await flexbot("orders", "list", "--config", str(config), **env)
+    assert listed.status == 0, listed.stderr
+    header, *lines = listed.lines()
+    assert header == "2 open orders (the journal)"
+    assert {m[0] for line in lines if (m := UUID.search(line))} == set(placed)
+    everything = await flexbot("orders", "cancel-all", "--config", str(config), **env)
+    assert everything.status == 0, everything.stderr
+    assert sorted(everything.lines()) == sorted(f"{i} cancelled" for i in placed)
+    truth = sandbox_orders(real_like)
+    assert {truth[i]["status"] for i in placed} == {"cancelled"}
+    empty = await flexbot("orders", "list", "--config", str(config), **env)
+    assert empty.lines() == ["no open orders (the journal)"]
 
 
 async def test_orders_show_of_an_unknown_order_says_what_the_market_said(market: Market) -> None:

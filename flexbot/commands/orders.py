@@ -1,6 +1,11 @@
 """`flexbot orders list | show ID | place … | cancel ID… | cancel-all`: the operator's hands on the
 market, through the same client the daemon uses.
 
+`list` and `cancel-all` work against the real market, which has no route listing one's orders:
+with a config (`--config` or FLEXBOT_CONFIG), the store's journal names the orders that may be
+open (the daemon's and the operator's own), each read back from the market by id; where the market
+has a listing (the sandbox), it adds the orders the journal does not hold.
+
 Times are ISO-8601 (`2026-11-23T12:00:00Z`) or relative to now (`+30m`, `+2h`); a relative delivery
 start is rounded up to the 15-minute grid. Orders are checked against the market's rules before
 they are sent, and an order whose submission has an unknown outcome is reported as such: look
@@ -31,7 +36,7 @@ from flexbot.market import (
     OutcomeUnknown,
     connect,
 )
-from flexbot.store import StoreError
+from flexbot.store import Store, StoreError
 
 MAY_EXIST = (
     "flexbot orders place: {}. The order may exist: check `flexbot orders list` before placing "
@@ -40,6 +45,7 @@ MAY_EXIST = (
 _RELATIVE = re.compile(r"\+(\d+)([smh])")
 _DURATION = re.compile(r"(\d+)([smh]?)")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "": 1}
+READ_IN_FLIGHT = 8  # journalled orders read back at once
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -53,7 +59,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         p.set_defaults(run=run)
         return p
 
-    action("list", "your orders (needs the sandbox's listing route)")
+    action("list", "your open orders: the journal's (with --config), and the market's listing")
     action("show", "one order, as JSON").add_argument("order_id")
     place = action("place", "place one order")
     place.add_argument("--side", choices=["buy", "sell"], required=True)
@@ -67,7 +73,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--location-id", action="append", default=[], required=True, dest="location_ids"
     )
     action("cancel", "cancel orders by id").add_argument("order_ids", nargs="+", metavar="ID")
-    action("cancel-all", "cancel every open order (needs the sandbox's listing route)")
+    action("cancel-all", "cancel every open order: the journal's and any the market lists")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -110,8 +116,8 @@ async def _run(
             await _login(session, settings)
             client = session.client
             if args.action == "list":
-                for order in await client.list_orders():
-                    print(_line(order))
+                orders, listed = await _open_orders(client, _journalled(args))
+                _print_orders(orders, listed)
             elif args.action == "show":
                 order = await client.get_order(args.order_id)
                 print(orjson.dumps(wire.unstructure(order), option=orjson.OPT_INDENT_2).decode())
@@ -119,7 +125,13 @@ async def _run(
                 assert request is not None
                 return await _place(client, request, journal)
             else:
-                ids = args.order_ids if args.action == "cancel" else await _open_ids(client)
+                if args.action == "cancel":
+                    ids = args.order_ids
+                else:
+                    orders, _ = await _open_orders(client, _journalled(args))
+                    ids = [o.order_id for o in orders]
+                    if not ids:
+                        print("no open orders")
                 failed = 0
                 for result in await client.cancel_many(ids):
                     if result.error is None:
@@ -222,8 +234,73 @@ async def _login(session: MarketSession, settings: ConnectionSettings) -> None:
         ) from None
 
 
-async def _open_ids(client: MarketClient) -> list[str]:
-    return [o.order_id for o in await client.list_orders() if not o.is_final]
+def _journalled(args: argparse.Namespace) -> list[str] | None:
+    """Ids of the orders the store's journal holds as possibly open (the daemon's and the
+    operator's); None without a config naming the store."""
+    if args.config is None:
+        return None
+    try:
+        path = config.load(args.config, secrets=False).store_path
+    except config.ConfigError as exc:
+        raise UsageError("invalid config:\n" + "\n".join(exc.lines)) from None
+    if not path.exists():
+        return []
+    try:
+        store = Store.open(path)
+    except StoreError as exc:
+        raise UsageError(f"cannot read the journal: {exc}") from None
+    try:
+        rows = store.orders()
+    finally:
+        store.close()
+    final = ("done", "rejected", "lapsed")
+    return list(dict.fromkeys(r.order_id for r in rows if r.order_id and r.state not in final))
+
+
+async def _open_orders(
+    client: MarketClient, journalled: list[str] | None
+) -> tuple[list[model.Order], bool]:
+    """The open orders, and whether the market's listing was read. The journal's are each read
+    back by id (the real market has no listing route); the listing, where the market has one
+    (the sandbox), adds orders the journal does not hold. Without either: a UsageError."""
+    found: dict[str, model.Order] = {}
+
+    async def read(order_id: str, limiter: trio.CapacityLimiter) -> None:
+        async with limiter:
+            try:
+                found[order_id] = await client.get_order(order_id)
+            except MarketError as exc:
+                print(f"{order_id}: cannot read it back: {exc}", file=sys.stderr)
+
+    if journalled:
+        limiter = trio.CapacityLimiter(READ_IN_FLIGHT)
+        async with trio.open_nursery() as nursery:
+            for order_id in journalled:
+                nursery.start_soon(read, order_id, limiter)
+    listed = True
+    try:
+        for order in await client.list_orders():
+            found.setdefault(order.order_id, order)
+    except MarketError:
+        listed = False
+        if journalled is None:
+            raise UsageError(
+                "the market lists no orders (only the sandbox does): give --config (or "
+                "FLEXBOT_CONFIG) so that the store's journal names them"
+            ) from None
+    ordered = [found[i] for i in (journalled or []) if i in found]
+    ordered += [o for i, o in found.items() if i not in set(journalled or [])]
+    return [o for o in ordered if not o.is_final], listed
+
+
+def _print_orders(orders: list[model.Order], listed: bool) -> None:
+    where = "the journal and the market's listing" if listed else "the journal"
+    if not orders:
+        print(f"no open orders ({where})")
+        return
+    print(f"{len(orders)} open orders ({where})")
+    for order in orders:
+        print(_line(order))
 
 
 def _line(order: model.Order) -> str:

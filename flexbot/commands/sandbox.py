@@ -88,6 +88,12 @@ def _add_sandbox_options(p: argparse.ArgumentParser, *, counterparties: int = 0)
     )
     p.add_argument("--seed", type=int, default=None, help="seed for order and contract ids")
     p.add_argument("--gate-closure", type=int, default=0, metavar="S", dest="gate_closure_s")
+    p.add_argument(
+        "--no-listing",
+        dest="listing",
+        action="store_false",
+        help="answer GET /api/v1/order/ with 405, as the real market (which documents no listing)",
+    )
     p.add_argument("--tls", action="store_true", help="serve https/wss with a self-signed cert")
     p.add_argument("--cert", type=Path, help="with --tls: your own certificate (PEM)")
     p.add_argument("--key", type=Path, help="with --tls: the key of --cert (PEM)")
@@ -182,6 +188,7 @@ def _settings(args: argparse.Namespace) -> tuple[MarketSettings, ServerSettings]
         time_scale=args.time_scale,
         seed=args.seed,
         gate_closure_s=args.gate_closure_s,
+        listing=args.listing,
         lifecycle=LifecycleRules(
             metering_deadline_s=args.metering_deadline,
             min_delivered_pct=Decimal(str(args.min_delivered_pct)),

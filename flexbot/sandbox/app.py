@@ -164,6 +164,8 @@ def build_app(market: SandboxMarket, hub: StreamHub) -> Starlette:
     async def order_collection(request: Request) -> Response:
         user = await user_of(request)
         if request.method == "GET":
+            if not market.settings.listing:  # as the real market: no such route documented
+                raise ApiError(405, "Method Not Allowed")
             return json_response(wire.unstructure(market.list_orders(user)))
         order = market.submit_order(user, await body_of(request))
         if faults.chance(

@@ -64,6 +64,9 @@ class MarketSettings:
     admin_token: str | None = attrs.field(factory=_admin_token_from_env, repr=False)
     # Caps on one order (all assumed, see `flexbot.rules`); None lifts them.
     caps: rules.MarketCaps | None = attrs.field(factory=rules.MarketCaps)
+    # GET /api/v1/order/ lists the caller's orders: a sandbox convenience the real market does
+    # not document (False: answered 405, as a client must expect of the real one).
+    listing: bool = True
     counterparties: int = 0
     counterparty_interval_s: float = 2.0  # mean wall seconds between one trader's actions
 
