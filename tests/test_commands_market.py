@@ -367,3 +367,26 @@ async def test_watch_trade_with_a_wrong_password_is_a_clear_error_and_exit_2(
     line = one_line_error(result, "flexbot watch: ")
     assert "refused the credentials" in line
     assert "wrong" not in line
+
+
+async def test_a_sell_placed_with_a_baseline_is_matchable_and_a_buy_cannot_have_one(
+    market: Market,
+) -> None:
+    sell = ["--side", "sell", "--power", "1000", "--price", "0.9", "--location-id", "meter-1"]
+    bare = await as_alice(market, "orders", "place", *sell, "--start", "+3h")
+    assert bare.status == 0, bare.stderr
+    assert "awaiting_baseline_data" in bare.lines()[0]  # never matched as it is
+    based = await as_alice(
+        market, "orders", "place", *sell, "--start", "+3h", "--baseline-w", "5000"
+    )
+    assert based.status == 0, based.stderr
+    assert "matching_active" in based.lines()[0]
+    match = UUID.search(based.lines()[0])
+    assert match is not None
+    order = sandbox_orders(market)[match[0]]
+    assert order["baseline"] is not None
+    refused = await as_alice(
+        market, "orders", "place", *PLACE, "--start", "+3h", "--baseline-w", "1"
+    )
+    assert refused.status == 2
+    one_line_error(refused, "flexbot orders: --baseline-w: only a sell has a baseline")

@@ -20,6 +20,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
+import attrs
 import orjson
 import trio
 
@@ -37,6 +38,7 @@ from flexbot.market import (
     connect,
 )
 from flexbot.store import Store, StoreError
+from flexbot.strategy import Window, flat_baseline
 
 MAY_EXIST = (
     "flexbot orders place: {}. The order may exist: check `flexbot orders list` before placing "
@@ -69,6 +71,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     place.add_argument("--duration", default="15m", help="15m, 30m, 1h … (default 15m)")
     place.add_argument("--expiry", help="ISO time or +10m (default: 5 minutes before the start)")
     place.add_argument("--country", default="", help="CZ CH ES DE FI FR, or none")
+    place.add_argument(
+        "--baseline-w",
+        metavar="W",
+        help="a sell's baseline: the site's usual power, flat over the window (without one, a "
+        "sell waits for its baseline and is never matched: the daemon's seller sends its own)",
+    )
     place.add_argument(
         "--location-id", action="append", default=[], required=True, dest="location_ids"
     )
@@ -307,7 +315,7 @@ def _line(order: model.Order) -> str:
     window = f"{order.delivery_start:%Y-%m-%d %H:%M}-{order.delivery_end:%H:%M}Z"
     filled = order.filled_power
     return (
-        f"{order.order_id}  {order.side!s:4}  {order.power:>8} W  {order.price:>8} €/kWh  "
+        f"{order.order_id}  {order.side!s:4}  {order.power:>8} W  {order.price:>8.4f} €/kWh  "
         f"{window}  {order.status!s:22}  filled {filled} W"
     )
 
@@ -329,6 +337,12 @@ def _order_request(args: argparse.Namespace, now: datetime) -> model.OrderReques
         expiry_time=expiry,
         location=model.Location(tuple(args.location_ids), args.country.upper()),
     )
+    if args.baseline_w is not None:
+        if request.side is not model.Side.SELL:
+            raise UsageError("--baseline-w: only a sell has a baseline")
+        window = Window(start, end)
+        baseline = flat_baseline(window, _decimal(args.baseline_w, "--baseline-w"), created_at=now)
+        request = attrs.evolve(request, baseline=baseline)
     problems = rules.check_order_request(request, now, strictness=rules.Strictness.CLIENT)
     if problems:
         raise UsageError("; ".join(str(p) for p in problems))
