@@ -232,12 +232,7 @@ def money_metrics(parts: Parts, settled_eur: dict[tuple[str, str], Decimal]) -> 
     money = GaugeMetricFamily(
         "flexbot_contract_eur", "Money of own contracts in memory", labels=labels
     )
-    ledger = Ledger.of(
-        (intent.strategy, str(intent.request.side), contract)
-        for intent in parts.tracker
-        if intent.order is not None
-        for contract in intent.order.contracts
-    )
+    ledger = Ledger.of(parts.tracker.fills())
     for (strategy, side, which), tally in sorted(ledger.cells.items()):
         energy.add_metric([strategy, side, str(which)], float(tally.energy_kwh))
         money.add_metric([strategy, side, str(which)], float(tally.eur))

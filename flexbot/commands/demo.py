@@ -217,12 +217,7 @@ async def gather(parts: Parts) -> dict[str, Any]:
         cancelled += order.status == model.OrderStatus.CANCELLED
         for contract in order.contracts:
             contracts[contract.contract_id] = contract
-    ledger = Ledger.of(
-        (intent.strategy, str(intent.request.side), contract)
-        for intent in parts.tracker
-        if intent.order is not None
-        for contract in intent.order.contracts
-    )
+    ledger = Ledger.of(parts.tracker.fills())
     statuses = Counter(str(c.status) for c in contracts.values())
     return {
         "placed": parts.engine.counts.get("placed", 0),

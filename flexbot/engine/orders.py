@@ -340,6 +340,13 @@ class OrderTracker:
                 open_sell += own.remaining_power_w
         return Position(bought, sold, open_buy, open_sell)
 
+    def fills(self) -> Iterator[tuple[str, str, model.Contract]]:
+        """(strategy, side, contract) of every contract of the orders in memory (`Ledger.of`)."""
+        for intent in list(self._intents.values()):
+            if intent.order is not None:
+                for contract in intent.order.contracts:
+                    yield intent.strategy, str(intent.request.side), contract
+
     def committed_sells(
         self,
         sites: Collection[str],
