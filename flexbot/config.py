@@ -264,7 +264,6 @@ def load(
         if _is(config_dir.is_dir):
             found, strategy_problems = load_strategies(config_dir, code_dir)
             strategies, located = found, located + strategy_problems
-            located += _refused_everywhere(config.risk, strategies)
         elif config.strategies.config_dir != StrategiesConfig().config_dir:
             # Only a directory named on purpose must exist; the default may be absent (none).
             problem = Problem(("strategies", "config_dir"), f"no such directory: {config_dir}")
@@ -377,11 +376,12 @@ def _strategy_problems_of(
     return load_strategies(config_dir, code_dir)[1]
 
 
-def _refused_everywhere(
+def refused_everywhere(
     risk: RiskLimits, strategies: list[StrategySpec]
 ) -> list[tuple[Path, Problem]]:
-    """An enabled strategy whose own location the global or its own limits forbid: every order
-    it places would be refused."""
+    """An enabled strategy whose file's location the global or its own limits forbid: every order
+    it places there would be refused (`check-config` warns: a strategy may name another location
+    in each order)."""
     problems = []
     for spec in strategies:
         if not spec.enabled:

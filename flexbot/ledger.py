@@ -1,9 +1,9 @@
 """Money and energy of contracts, never summed watts: a contract's energy is its power over its
 window (kWh; the market's own `energy` figure in Wh when it gives one), its money is price ×
-energy (€). Sells earn, buys cost. Each contract stands somewhere: `settled` (paid),
-`failed` (its verification failed: a sell's revenue lost), or `pending` (sold or bought, not yet
-settled). `Ledger` sums them by strategy, side, standing and delivery day, for `flexbot status`,
-the demo's summary, the metrics and replay.
+energy (€). Sells earn, buys cost. Each contract stands somewhere: `settled` (paid), `failed`
+(its verification or settlement failed: unpaid, a sell's revenue lost), or `pending` (sold or
+bought, not yet settled). `Ledger` sums them by strategy, side, standing and delivery day, for
+`flexbot status`, the demo's summary, the metrics and replay.
 """
 
 from __future__ import annotations
@@ -25,14 +25,17 @@ KWH = Decimal(1000)
 class Standing(enum.StrEnum):
     SETTLED = "settled"
     PENDING = "pending"
-    FAILED = "failed"  # the verification failed: no payment
+    FAILED = "failed"  # its verification or its settlement failed: unpaid
 
 
 def standing(contract: model.Contract) -> Standing:
     status = str(contract.status)
     if status == model.ContractStatus.SETTLEMENT_COMPLETED_SUCCESS:
         return Standing.SETTLED
-    if status == model.ContractStatus.VERIFICATION_COMPLETED_FAILED:
+    if status in (
+        model.ContractStatus.VERIFICATION_COMPLETED_FAILED,
+        model.ContractStatus.SETTLEMENT_COMPLETED_FAILED,
+    ):
         return Standing.FAILED
     return Standing.PENDING
 
@@ -95,9 +98,9 @@ class Ledger:
         return out
 
     def net_eur(self) -> Decimal:
-        """Revenue of sells less the cost of buys, failed verifications left out (unpaid)."""
+        """Revenue of sells less the cost of buys, failed contracts left out on both (unpaid)."""
         sold = self.total("sell").eur - self.total("sell", Standing.FAILED).eur
-        return sold - self.total("buy").eur
+        return sold - (self.total("buy").eur - self.total("buy", Standing.FAILED).eur)
 
     def lines(self) -> list[str]:
         """A table by strategy and side, then one line a delivery day."""
@@ -116,7 +119,7 @@ class Ledger:
             out.append(row + " ".join(cells))
         for (day, side), tally in sorted(self.days.items()):
             out.append(f"  {day.isoformat()}  {side:<4} {_figure(tally)}")
-        out.append(f"  net: €{self.net_eur():.2f} (sells less buys; failed verifications unpaid)")
+        out.append(f"  net: €{self.net_eur():.2f} (sells less buys; failed contracts unpaid)")
         return out
 
 

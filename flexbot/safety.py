@@ -41,6 +41,10 @@ async def usable_store(path: Path, notify: Notifier) -> Store:
             store = await trio.to_thread.run_sync(Store.open, path)
             try:
                 await trio.to_thread.run_sync(store.set_flag, lock.STARTED_FLAG, at, at)
+                # This run is not ready, nor heard from, yet (status must not take the last
+                # run's flags for this one's, whatever the clock did meanwhile).
+                for flag in (lock.READY_FLAG, lock.HEARTBEAT_FLAG):
+                    await trio.to_thread.run_sync(store.set_flag, flag, None)
             except BaseException:
                 store.close()
                 raise

@@ -396,17 +396,25 @@ def test_a_strategy_files_problems_are_told_with_flexbot_yamls_own(tmp_path: Pat
     ]
 
 
-def test_a_strategy_the_risk_limits_forbid_everywhere_is_a_problem(tmp_path: Path) -> None:
+def test_a_strategy_the_risk_limits_forbid_everywhere_is_warned_of(tmp_path: Path) -> None:
+    """Not refused at load (a strategy may name another location in each order): check-config
+    warns."""
     a_buyer(tmp_path, country_code="FR", location_id=["site-9"])
     document = {
         **GOOD,
         "strategies": {"code_dir": str(REPO / "strategies")},
         "risk": {"countries": ["DE"], "locations": ["site-1", "site-2"]},
     }
-    found = problems_of(write(tmp_path, document))
-    assert [line.replace(str(tmp_path), "") for line in found] == [
-        "/strategies/buyer.yaml: $.location.country_code: global risk allows the countries"
+    path = write(tmp_path, document)
+    loaded = config.load(path, ENV)
+    found = config.refused_everywhere(loaded.config.risk, list(loaded.strategies))
+    assert [f"{p.name}: {problem}" for p, problem in found] == [
+        "buyer.yaml: $.location.country_code: global risk allows the countries"
         " ['DE'] only: every order refused",
-        "/strategies/buyer.yaml: $.location.location_id: global risk allows the locations"
+        "buyer.yaml: $.location.location_id: global risk allows the locations"
         " ['site-1', 'site-2'] only, not site-9: every order refused",
     ]
+    shown = check_config("--config", str(path), env=ENV)
+    assert shown.returncode == 0, shown.stderr
+    assert "warning: " in shown.stdout
+    assert "every order refused" in shown.stdout

@@ -57,7 +57,7 @@ async def test_without_its_writer_each_add_commits_by_itself(tmp_path: Path) -> 
     store.sync.close()
 
 
-async def test_items_waiting_when_the_writer_ends_are_written_by_their_own_tasks(
+async def test_items_that_come_as_the_writer_ends_are_still_written(
     tmp_path: Path,
 ) -> None:
     store = AsyncStore(Store.open(tmp_path / "flexbot.db"))
@@ -77,4 +77,22 @@ async def test_items_waiting_when_the_writer_ends_are_written_by_their_own_tasks
         outer.start_soon(group.add, Outcome("o-0", "metering", "acked", 1.0))
         outer.start_soon(group.add, Outcome("o-1", "metering", "acked", 1.0))
     assert acked(store.sync) == {"o-0", "o-1"}
+    store.sync.close()
+
+
+async def test_a_stop_that_cancels_the_writer_and_its_waiters_together_loses_no_item(
+    tmp_path: Path,
+) -> None:
+    """The owner's nursery is cancelled while outcomes wait for their commit (a daemon's stop):
+    the writer writes them on its way out, so no acknowledged submission is sent again."""
+    store = AsyncStore(Store.open(tmp_path / "flexbot.db"))
+    outbox_of(store.sync, 20)
+    group: GroupCommit[Outcome] = GroupCommit(store, Store.outcomes)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(group.run)
+        for i in range(20):
+            nursery.start_soon(group.add, Outcome(f"o-{i}", "metering", "acked", 1.0))
+        await trio.lowlevel.checkpoint()  # the adds are queued, most still waiting for a commit
+        nursery.cancel_scope.cancel()
+    assert acked(store.sync) == {f"o-{i}" for i in range(20)}
     store.sync.close()

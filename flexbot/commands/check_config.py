@@ -44,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"assets: {', '.join(p for p in (heard, fixed) if p) or nothing}")
     for line in unmetered(loaded):
         print(line)
+    for path, problem in config.refused_everywhere(loaded.config.risk, list(loaded.strategies)):
+        print(f"warning: {path}: {problem}")
     return 0
 
 

@@ -269,7 +269,7 @@ def _money(ledger: Ledger, contracts: int) -> list[str]:
         f"{contracts} contracts: sold {sold.energy_kwh:.2f} kWh for €{sold.eur:.2f}, "
         f"bought {bought.energy_kwh:.2f} kWh for €{bought.eur:.2f}",
         f"  money        net €{ledger.net_eur():.2f}; settled €{settled:.2f}, the rest pending; "
-        f"€{lost:.2f} lost to failed verification",
+        f"€{lost:.2f} lost to failed verification or settlement",
     ]
 
 

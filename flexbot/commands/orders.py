@@ -34,6 +34,7 @@ from flexbot.market import (
     MarketClient,
     MarketError,
     MarketSession,
+    NotFound,
     OutcomeUnknown,
     connect,
 )
@@ -124,8 +125,11 @@ async def _run(
             await _login(session, settings)
             client = session.client
             if args.action == "list":
-                orders, listed = await _open_orders(client, _journalled(args))
+                orders, listed, unread = await _open_orders(client, _journalled(args))
                 _print_orders(orders, listed)
+                if unread:
+                    print(f"{len(unread)} journalled orders could not be read", file=sys.stderr)
+                    return 1
             elif args.action == "show":
                 order = await client.get_order(args.order_id)
                 print(orjson.dumps(wire.unstructure(order), option=orjson.OPT_INDENT_2).decode())
@@ -136,8 +140,8 @@ async def _run(
                 if args.action == "cancel":
                     ids = args.order_ids
                 else:
-                    orders, _ = await _open_orders(client, _journalled(args))
-                    ids = [o.order_id for o in orders]
+                    orders, _, unread = await _open_orders(client, _journalled(args))
+                    ids = [o.order_id for o in orders] + unread
                     if not ids:
                         print("no open orders")
                 failed = 0
@@ -262,22 +266,34 @@ def _journalled(args: argparse.Namespace) -> list[str] | None:
     finally:
         store.close()
     final = ("done", "rejected", "lapsed")
-    return list(dict.fromkeys(r.order_id for r in rows if r.order_id and r.state not in final))
+    return list(
+        dict.fromkeys(
+            r.order_id
+            for r in rows
+            if r.order_id and r.state not in final and not r.dry_run  # paper: not on the market
+        )
+    )
 
 
 async def _open_orders(
     client: MarketClient, journalled: list[str] | None
-) -> tuple[list[model.Order], bool]:
-    """The open orders, and whether the market's listing was read. The journal's are each read
-    back by id (the real market has no listing route); the listing, where the market has one
-    (the sandbox), adds orders the journal does not hold. Without either: a UsageError."""
+) -> tuple[list[model.Order], bool, list[str]]:
+    """The open orders, whether the market's listing was read, and the journal's orders that
+    could not be read back (they may be open: `cancel-all` cancels them all the same). The
+    journal's are each read back by id (the real market has no listing route); the listing, where
+    the market has one (the sandbox), adds orders the journal does not hold. Without either: a
+    UsageError."""
     found: dict[str, model.Order] = {}
+    unread: list[str] = []
 
     async def read(order_id: str, limiter: trio.CapacityLimiter) -> None:
         async with limiter:
             try:
                 found[order_id] = await client.get_order(order_id)
+            except NotFound:
+                pass  # the market knows no such order: nothing open
             except MarketError as exc:
+                unread.append(order_id)
                 print(f"{order_id}: cannot read it back: {exc}", file=sys.stderr)
 
     if journalled:
@@ -298,7 +314,7 @@ async def _open_orders(
             ) from None
     ordered = [found[i] for i in (journalled or []) if i in found]
     ordered += [o for i, o in found.items() if i not in set(journalled or [])]
-    return [o for o in ordered if not o.is_final], listed
+    return [o for o in ordered if not o.is_final], listed, unread
 
 
 def _print_orders(orders: list[model.Order], listed: bool) -> None:
@@ -340,8 +356,10 @@ def _order_request(args: argparse.Namespace, now: datetime) -> model.OrderReques
     if args.baseline_w is not None:
         if request.side is not model.Side.SELL:
             raise UsageError("--baseline-w: only a sell has a baseline")
-        window = Window(start, end)
-        baseline = flat_baseline(window, _decimal(args.baseline_w, "--baseline-w"), created_at=now)
+        usual = _decimal(args.baseline_w, "--baseline-w")
+        if usual < request.power:
+            raise UsageError("--baseline-w: the site's usual power must be at least --power")
+        baseline = flat_baseline(Window(start, end), usual, created_at=now)
         request = attrs.evolve(request, baseline=baseline)
     problems = rules.check_order_request(request, now, strictness=rules.Strictness.CLIENT)
     if problems:

@@ -152,7 +152,7 @@ def report(
     ledger = Ledger.of(
         (row.strategy, str(order.side), contract)
         for row, order in orders
-        if order is not None
+        if order is not None and not row.dry_run  # paper fills are no money
         for contract in order.contracts
     )
     out += ["", "money and energy (contracts by where they stand)", *ledger.lines()]

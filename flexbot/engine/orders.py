@@ -341,9 +341,10 @@ class OrderTracker:
         return Position(bought, sold, open_buy, open_sell)
 
     def fills(self) -> Iterator[tuple[str, str, model.Contract]]:
-        """(strategy, side, contract) of every contract of the orders in memory (`Ledger.of`)."""
+        """(strategy, side, contract) of every contract of the real orders in memory (`Ledger.of`:
+        paper fills are no money)."""
         for intent in list(self._intents.values()):
-            if intent.order is not None:
+            if intent.order is not None and not intent.dry_run:
                 for contract in intent.order.contracts:
                     yield intent.strategy, str(intent.request.side), contract
 

@@ -455,11 +455,15 @@ class Outcome:
     error: str | None = None
 
 
+GROUP_FLUSH_S = 2.0  # at a stop, how long the writer may take for what is still pending
+
+
 class GroupCommit(Generic[T]):
     """Writes to the store that many tasks make at once, committed together: `add` waits until a
     transaction holding its item has committed, and while one commits, the next items gather for
     the one after (one fsync for many, no more waiting than for one's own). `run` is the writer
-    (a task of the owner's nursery); without it, `add` writes at once."""
+    (a task of the owner's nursery), which writes what is pending even when cancelled; without
+    it, `add` writes at once. A failed write raises in the writer and in each of its waiters."""
 
     def __init__(self, store: AsyncStore, write: Callable[[Store, list[T]], None]) -> None:
         self._store = store
@@ -468,7 +472,7 @@ class GroupCommit(Generic[T]):
         self._batch = trio.Event()  # set when the items now pending are committed
         self._wake = trio.Event()
         self._running = False
-        self._unwritten: set[trio.Event] = set()
+        self._failed: dict[trio.Event, Exception] = {}  # a batch whose write failed
         self.commits = 0
 
     async def add(self, item: T) -> None:
@@ -480,32 +484,43 @@ class GroupCommit(Generic[T]):
         batch = self._batch
         self._wake.set()
         await batch.wait()
-        if batch in self._unwritten:  # the writer ended before it came to this batch
-            await self._store.run(self._write, self._store.sync, [item])
-            self.commits += 1
+        failed = self._failed.get(batch)
+        if failed is not None:
+            raise failed
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The writer. Cancelled (the owner stops), it still writes what is pending, within
+        `FLUSH_S`: a waiter cancelled with it must not lose its item (an acknowledged submission
+        would be sent again at the next start)."""
         self._running = True
         task_status.started()
         try:
             while True:
                 await self._wake.wait()
                 self._wake = trio.Event()
-                if not self._pending:
-                    continue
-                items, self._pending = self._pending, []
-                batch, self._batch = self._batch, trio.Event()
-                with trio.CancelScope(shield=True):  # short; its waiters must hear of it
-                    await self._store.run(self._write, self._store.sync, items)
-                self.commits += 1
-                batch.set()
+                await self._commit()
         finally:
             self._running = False
-            if self._pending:  # each waiter writes its own item
-                self._pending = []
-                self._unwritten.add(self._batch)
-                self._batch.set()
-                self._batch = trio.Event()
+            with trio.CancelScope(shield=True), trio.move_on_after(GROUP_FLUSH_S):
+                await self._commit()
+
+    async def _commit(self) -> None:
+        """Write what is pending in one transaction (shielded: its waiters must hear of it), then
+        tell them; a failed write is told to them too, and raised here."""
+        if not self._pending:
+            return
+        items, self._pending = self._pending, []
+        batch, self._batch = self._batch, trio.Event()
+        try:
+            with trio.CancelScope(shield=True):
+                await self._store.run(self._write, self._store.sync, items)
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                self._failed[batch] = exc
+            raise
+        finally:
+            batch.set()
+        self.commits += 1
 
 
 class AsyncStore:
