@@ -2,7 +2,7 @@
 can deliver (`model`), and how flexbot hears them (`link`). Import the names below from here."""
 
 from flexbot.assets.catalogue import parse as parse_catalogue
-from flexbot.assets.fleet import Asset, Fleet, age_s
+from flexbot.assets.fleet import Asset, Fleet
 from flexbot.assets.model import Room, WindowRoom, plan, quarters, whole_watts
 from flexbot.assets.protocol import AssetKind, AssetState, Availability, WindowOffer
 from flexbot.assets.settings import AssetBroker, AssetSettings
@@ -18,7 +18,6 @@ __all__ = [
     "Room",
     "WindowOffer",
     "WindowRoom",
-    "age_s",
     "parse_catalogue",
     "plan",
     "quarters",

@@ -18,7 +18,7 @@ from __future__ import annotations
 import fnmatch
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import attrs
 
@@ -201,12 +201,3 @@ class Fleet:
 
 def _text(payload: bytes | None) -> str | None:
     return None if payload is None else payload.decode("utf-8", "replace")
-
-
-def age_s(asset: Asset, now: datetime) -> float | None:
-    """Seconds since the asset's state was taken (None: no state; fixed: 0)."""
-    if asset.fixed is not None:
-        return 0.0
-    if asset.state is None:
-        return None
-    return (now - asset.state.ts) / timedelta(seconds=1)

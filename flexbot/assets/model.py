@@ -79,11 +79,6 @@ def room_of(
     return Room(key, power, None, offered)
 
 
-def offered_only(key: str, availability: Availability | None) -> Room:
-    """The room of an asset known only by an EMS's figures (its state stale or unknown: none)."""
-    return Room(key, 0.0, 0.0, _offered(availability))
-
-
 def _offered(availability: Availability | None) -> dict[Window, float]:
     if availability is None:
         return {}
