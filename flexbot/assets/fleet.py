@@ -188,12 +188,13 @@ class Fleet:
 
     def check_staleness(self, now: datetime) -> None:
         """Log each asset that went stale, or came back, since the last check."""
-        stale = {a.key for a in self.assets() if a.fixed is None and not self.fresh(a, now)}
+        assets = self.assets()
+        known = {a.key for a in assets}
+        stale = {a.key for a in assets if a.fixed is None and not self.fresh(a, now)}
         for key in sorted(stale - self._stale):
             log.warning("asset.stale", asset=key, staleness_s=self.settings.staleness_s)
-        for key in sorted(self._stale - stale):
-            if any(a.key == key for a in self.assets()):
-                log.info("asset.fresh", asset=key)
+        for key in sorted((self._stale - stale) & known):  # back, not removed
+            log.info("asset.fresh", asset=key)
         if stale != self._stale:
             self.version += 1
         self._stale = stale
